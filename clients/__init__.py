@@ -1,0 +1,1 @@
+"""What users run against a gateway: the `tunegate` command line, SDK examples, smoke.sh."""

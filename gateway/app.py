@@ -1,0 +1,45 @@
+"""``create_app(settings)``: the FastAPI application of one gateway."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway.error_handlers import install_error_handlers
+from gateway.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from gateway.routes import inference, operations
+from gateway.runtime import build_runtime
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.runtime = await build_runtime(settings)
+        try:
+            yield
+        finally:
+            await app.state.runtime.close()
+
+    app = FastAPI(
+        title="tunegate",
+        summary="OpenAI-compatible gateway to vLLM and llama.cpp, with a LoRA tuner.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(inference.router)
+    app.include_router(operations.router)
+    # Added last = runs first: the key is checked before the body is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
+    return app

@@ -1,0 +1,35 @@
+"""Operational routes: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from gateway.routes.deps import runtime_of
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Alive: the gateway process answers. Engines may still be starting."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """Ready: every engine answers. 503 while one is starting, restarting or down."""
+    runtime = runtime_of(request)
+    is_ready = await runtime.refresh_readiness()
+    body = {
+        "status": "ready" if is_ready else "unavailable",
+        "engines": [s.to_dict() for s in runtime.engine_statuses()],
+    }
+    return JSONResponse(body, status_code=200 if is_ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    runtime = runtime_of(request)
+    await runtime.refresh_readiness()
+    return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)

@@ -1,0 +1,144 @@
+"""Everything one gateway owns, built in the app's lifespan and kept on ``app.state``.
+
+Engines are built from a table keyed by engine family, so a new engine is a
+new row. Startup order: data root, embedded checkpoint, model table, engines
+(started in the background: the gateway answers /health at once, /ready when
+engines are up, and 503 + Retry-After for models whose engine is not up yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from gateway.base_models import base_model_specs, prepare_embedded_checkpoint
+from gateway.catalog import ModelCatalog, ModelEntry
+from gateway.engines.base import Engine, EngineStatus
+from gateway.engines.llamacpp import LlamaCppEngine
+from gateway.engines.vllm import ExternalVllmEngine, ManagedVllmEngine
+from gateway.forwarding import Forwarder
+from gateway.metrics import GatewayMetrics
+from gateway.settings import BaseModelSpec, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GatewayRuntime:
+    settings: Settings
+    http: httpx.AsyncClient
+    metrics: GatewayMetrics
+    catalog: ModelCatalog
+    engines: dict[str, Engine]
+    forwarder: Forwarder
+    draining: bool = False
+
+    def engine_statuses(self) -> list[EngineStatus]:
+        return [status for engine in self.engines.values() for status in engine.statuses()]
+
+    async def refresh_readiness(self) -> bool:
+        for engine in self.engines.values():
+            refresh = getattr(engine, "refresh", None)
+            if refresh is not None:
+                await refresh()
+        ready = bool(self.engines) and all(e.ready() for e in self.engines.values())
+        for status in self.engine_statuses():
+            self.metrics.engine_up.labels(status.name).set(1 if status.state == "ready" else 0)
+            self.metrics.engine_restarts.labels(status.name).set(status.restarts)
+        return ready and not self.draining
+
+    async def close(self) -> None:
+        self.draining = True
+        await asyncio.gather(*(e.stop() for e in self.engines.values()), return_exceptions=True)
+        await self.http.aclose()
+
+
+def _new_http_client(settings: Settings) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.upstream_timeout_s, connect=5.0),
+        limits=httpx.Limits(
+            max_connections=settings.upstream_max_connections,
+            max_keepalive_connections=settings.upstream_max_connections,
+            keepalive_expiry=60.0,
+        ),
+        # Engines are local processes (or a URL the user gave): never a proxy from the env.
+        trust_env=False,
+    )
+
+
+class _EngineSetBuilder:
+    """Adds each base model's rows to the catalog and creates the engines that serve them."""
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient, catalog: ModelCatalog) -> None:
+        self.settings = settings
+        self.http = http
+        self.catalog = catalog
+        self.engines: dict[str, Engine] = {}
+        self._llamacpp: LlamaCppEngine | None = None
+
+    def add_base(self, spec: BaseModelSpec) -> None:
+        for has_weights, add in self._rows():
+            if has_weights(spec):
+                add(spec)
+
+    def _rows(self) -> list[tuple[Callable[[BaseModelSpec], bool], Callable[[BaseModelSpec], None]]]:
+        return [
+            (lambda s: s.hf_dir is not None and self.settings.vllm_enabled, self._add_vllm),
+            (lambda s: s.gguf is not None and self.settings.llamacpp_enabled, self._add_llamacpp),
+        ]
+
+    def _add_vllm(self, spec: BaseModelSpec) -> None:
+        assert spec.hf_dir is not None
+        if self.settings.vllm_url:
+            engine: Engine = self.engines.get(ExternalVllmEngine.key) or ExternalVllmEngine(
+                self.settings, self.http
+            )
+        else:
+            engine = ManagedVllmEngine(self.settings, spec.id, spec.hf_dir, self.http)
+        self.engines[engine.key] = engine
+        self.catalog.add(
+            ModelEntry(
+                id=spec.id, kind="base", engine=engine.family, engine_key=engine.key,
+                weights=spec.hf_dir, owned_by=spec.owned_by,
+            )
+        )
+
+    def _add_llamacpp(self, spec: BaseModelSpec) -> None:
+        assert spec.gguf is not None
+        if self._llamacpp is None:
+            self._llamacpp = LlamaCppEngine(self.settings, self.http)
+            self.engines[self._llamacpp.key] = self._llamacpp
+        entry = ModelEntry(
+            id=spec.served_gguf_id, kind="base", engine=LlamaCppEngine.family,
+            engine_key=LlamaCppEngine.key, weights=spec.gguf, owned_by=spec.owned_by,
+        )
+        self.catalog.add(entry)
+        self._llamacpp.preload(entry)
+
+
+async def build_runtime(settings: Settings) -> GatewayRuntime:
+    settings.data_root.mkdir(parents=True, exist_ok=True)
+    if settings.embedded_model and settings.vllm_enabled:
+        await prepare_embedded_checkpoint(settings)
+    http = _new_http_client(settings)
+    catalog = ModelCatalog()
+    builder = _EngineSetBuilder(settings, http, catalog)
+    for spec in base_model_specs(settings):
+        builder.add_base(spec)
+    metrics = GatewayMetrics()
+    runtime = GatewayRuntime(
+        settings=settings,
+        http=http,
+        metrics=metrics,
+        catalog=catalog,
+        engines=builder.engines,
+        forwarder=Forwarder(catalog, builder.engines, http, metrics),
+    )
+    for engine in builder.engines.values():
+        await engine.start()
+    log.info("serving %s", ", ".join(e.id for e in catalog.entries()))
+    return runtime

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.unit.fakes import FakeUpstream, fake_runtime
+
+GatewayFactory = Callable[..., httpx.AsyncClient]
+
+
+@pytest.fixture
+def upstream() -> FakeUpstream:
+    return FakeUpstream()
+
+
+@pytest.fixture
+async def make_gateway(tmp_path, upstream) -> AsyncIterator[GatewayFactory]:
+    """Builds an app around fake engines (no lifespan) and an httpx client for it."""
+    clients: list[httpx.AsyncClient] = []
+
+    def factory(**settings_values: object) -> httpx.AsyncClient:
+        settings = Settings(data_root=tmp_path, **settings_values)
+        app = create_app(settings)
+        app.state.runtime = fake_runtime(settings, upstream)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+        client.app = app  # type: ignore[attr-defined]
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+def gateway(make_gateway: GatewayFactory) -> httpx.AsyncClient:
+    return make_gateway()
