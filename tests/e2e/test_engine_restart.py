@@ -1,0 +1,54 @@
+"""A crashed engine is restarted by the gateway, which stays up and answers 503 meanwhile."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import openai
+import pytest
+
+from tests.e2e.conftest import BASE, BASE_GGUF
+
+pytestmark = [pytest.mark.e2e, pytest.mark.restarts_engine]
+
+PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+def _kill_and_wait_back(gateway, client, family: str, model: str) -> None:
+    before = gateway.engine(family)
+    gateway_pid = gateway.process.pid
+    os.kill(before["pid"], signal.SIGKILL)
+
+    saw_503 = False
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            reply = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=8, temperature=0)
+        except openai.InternalServerError as error:
+            assert error.status_code == 503
+            assert int(error.response.headers["retry-after"]) >= 1
+            saw_503 = True
+            time.sleep(1)
+            continue
+        if saw_503:
+            assert "paris" in reply.choices[0].message.content.lower()
+            break
+        time.sleep(0.2)  # the kill may not have been noticed yet
+    assert saw_503, "no 503 was seen while the engine restarted"
+
+    after = gateway.engine(family)
+    assert after["pid"] != before["pid"]
+    assert after["restarts"] == before["restarts"] + 1
+    assert gateway.process.poll() is None and gateway.process.pid == gateway_pid
+
+
+def test_kill_9_llamacpp_is_restarted(gateway, client):
+    _kill_and_wait_back(gateway, client, "llama.cpp", BASE_GGUF)
+
+
+def test_kill_9_vllm_is_restarted(gateway, client):
+    _kill_and_wait_back(gateway, client, "vllm", BASE)
+    # Nothing of the killed engine is left behind.
+    gateway.wait_ready(timeout_s=60)

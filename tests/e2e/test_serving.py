@@ -1,0 +1,144 @@
+"""The serving path through the official openai SDK and curl, on real engines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import API_KEY, BASE, BASE_GGUF
+
+pytestmark = pytest.mark.e2e
+
+FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+BOTH_ENGINES = pytest.mark.parametrize("model", [BASE, BASE_GGUF], ids=["vllm", "llama.cpp"])
+
+
+def test_models_list_shows_the_base_on_both_engines(client):
+    models = {m.id: m.model_extra for m in client.models.list()}
+    assert models[BASE]["engine"] == "vllm"
+    assert models[BASE_GGUF]["engine"] == "llama.cpp"
+    assert client.models.retrieve(BASE_GGUF).id == BASE_GGUF
+
+
+@BOTH_ENGINES
+def test_chat(client, model):
+    reply = client.chat.completions.create(model=model, messages=FRANCE, max_tokens=16, temperature=0)
+    assert reply.model == model
+    assert "paris" in reply.choices[0].message.content.lower()
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+
+@BOTH_ENGINES
+def test_chat_streaming(client, model):
+    stream = client.chat.completions.create(
+        model=model, messages=FRANCE, max_tokens=16, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "paris" in text.lower()
+    assert len(chunks) > 2
+    if model == BASE:  # vLLM honours include_usage with a final usage chunk
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+@BOTH_ENGINES
+def test_completions(client, model):
+    reply = client.completions.create(
+        model=model, prompt="The capital of France is", max_tokens=8, temperature=0
+    )
+    assert "paris" in reply.choices[0].text.lower()
+
+
+@BOTH_ENGINES
+def test_completions_streaming(client, model):
+    stream = client.completions.create(
+        model=model, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True
+    )
+    assert "paris" in "".join(c.choices[0].text for c in stream if c.choices).lower()
+
+
+def test_max_completion_tokens_is_honoured_on_llamacpp(client):
+    reply = client.chat.completions.create(
+        model=BASE_GGUF, messages=[{"role": "user", "content": "Tell me a long story."}],
+        max_completion_tokens=4,
+    )
+    assert reply.usage.completion_tokens <= 4
+
+
+def test_unknown_model_raises_not_found(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="no-such-model", messages=FRANCE)
+    assert caught.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize("model", [BASE, BASE_GGUF], ids=["vllm", "llama.cpp"])
+@pytest.mark.parametrize(
+    "bad",
+    [{"temperature": 7}, {"max_tokens": 0}, {"logit_bias": "oops"}, {"n": -1}],
+    ids=["temperature", "max_tokens", "logit_bias", "n"],
+)
+def test_bad_parameters_raise_bad_request(client, model, bad):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=model, messages=FRANCE, **bad)
+    assert caught.value.param == next(iter(bad))
+
+
+def test_engine_side_validation_errors_are_bad_request(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=BASE, messages=FRANCE, max_tokens=10**6)
+    assert "max_tokens" in caught.value.message
+
+
+def test_missing_or_wrong_key_raises_authentication_error(gateway):
+    def strip_key(request: httpx.Request) -> None:
+        request.headers.pop("Authorization", None)
+
+    no_key = gateway.client(
+        api_key="unused", http_client=httpx.Client(event_hooks={"request": [strip_key]})
+    )
+    wrong_key = gateway.client(api_key="wrong")
+    for sdk in (no_key, wrong_key):
+        with pytest.raises(openai.AuthenticationError) as caught:
+            sdk.models.list()
+        assert caught.value.code == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        no_key.chat.completions.create(model=BASE, messages=FRANCE)
+    with gateway.http() as http:
+        assert http.get("/health", headers={"Authorization": ""}).status_code == 200
+
+
+def test_engine_admin_routes_are_not_exposed(gateway):
+    with gateway.http() as http:
+        for path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+            response = http.post(path, json={"lora_name": "x", "lora_path": "/tmp"})
+            assert response.status_code == 404
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_curl_streams_sse_ending_with_done(gateway):
+    body = json.dumps({"model": BASE_GGUF, "messages": FRANCE, "max_tokens": 8, "stream": True})
+    out = subprocess.run(
+        ["curl", "-sS", "-N", "--fail-with-body", f"{gateway.api_url}/chat/completions",
+         "-H", f"Authorization: Bearer {API_KEY}", "-H", "Content-Type: application/json",
+         "-d", body],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    events = [line for line in out.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert all(json.loads(e[6:])["object"] == "chat.completion.chunk" for e in events[:-1])
+
+
+def test_ready_and_metrics(gateway, client):
+    client.chat.completions.create(model=BASE, messages=FRANCE, max_tokens=4)
+    with gateway.http() as http:
+        ready = http.get("/ready").json()
+        assert ready["status"] == "ready"
+        assert {e["engine"] for e in ready["engines"]} == {"vllm", "llama.cpp"}
+        metrics = http.get("/metrics").text
+    assert f'tunegate_requests_total{{engine="vllm",model="{BASE}",status="200"}}' in metrics
+    assert "tunegate_engine_up" in metrics
