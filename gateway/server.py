@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.settings_cli import add_settings_flags, settings_from_args
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after a graceful shutdown, so the process would
+    report death by signal; a drained, cleanly stopped gateway exits 0 instead."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        captured = getattr(self, "_captured_signals", None)
+        if sig == signal.SIGTERM and captured and sig in captured:
+            captured.remove(sig)
 
 
 def serve(settings: Settings) -> None:
@@ -20,7 +33,7 @@ def serve(settings: Settings) -> None:
     )
     # One line per engine request would drown the gateway's own log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -30,6 +43,7 @@ def serve(settings: Settings) -> None:
         http="httptools",
         timeout_graceful_shutdown=30,
     )
+    _GracefulServer(config).run()
 
 
 def build_parser(prog: str = "python -m gateway") -> argparse.ArgumentParser:

@@ -1,0 +1,43 @@
+"""SIGTERM stops the gateway cleanly and leaves no engine process behind."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from tests.e2e.conftest import BASE_GGUF
+from tests.support.gateway_process import start_gateway
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sigterm_exits_0_and_stops_engines(tmp_path):
+    # llama.cpp only: the point is process hygiene, not a second vLLM start-up.
+    gateway = start_gateway(tmp_path, "--no-vllm-enabled")
+    try:
+        gateway.wait_ready(120)
+        reply = gateway.client().chat.completions.create(
+            model=BASE_GGUF, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
+        assert reply.choices[0].message.content is not None
+        engine_pids = [e["pid"] for e in gateway.engines()]
+        assert engine_pids and all(engine_pids)
+        engines = [psutil.Process(pid) for pid in engine_pids]
+        descendants = [c for p in engines for c in p.children(recursive=True)]
+    finally:
+        status = gateway.stop()
+    assert status == 0
+    _, alive = psutil.wait_procs(engines + descendants, timeout=10)
+    assert not alive, f"left running: {alive}"
+
+
+def test_engines_die_with_a_killed_gateway(tmp_path):
+    gateway = start_gateway(tmp_path, "--no-vllm-enabled")
+    try:
+        gateway.wait_ready(120)
+        engines = [psutil.Process(e["pid"]) for e in gateway.engines()]
+    finally:
+        gateway.process.kill()  # SIGKILL: no chance to clean up
+        gateway.process.wait()
+    _, alive = psutil.wait_procs(engines, timeout=10)
+    assert not alive, f"orphaned: {alive}"

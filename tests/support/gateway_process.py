@@ -1,0 +1,106 @@
+"""Runs a real gateway as users do (``python -m gateway``), for e2e tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+
+from gateway.engines.process import free_port
+from gateway.settings import EMBEDDED_MODEL_ID
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    data_root: Path
+    log_path: Path
+    api_key: str | None = None
+
+    @property
+    def api_url(self) -> str:
+        return self.url + "/v1"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def http(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers(), timeout=120, **kwargs)
+
+    def client(self, **kwargs: object) -> openai.OpenAI:
+        options: dict[str, object] = {"api_key": self.api_key or "local", "max_retries": 0, "timeout": 120}
+        options.update(kwargs)
+        return openai.OpenAI(base_url=self.api_url, **options)
+
+    def engines(self) -> list[dict]:
+        with self.http() as http:
+            return http.get("/ready").json()["engines"]
+
+    def engine(self, family: str) -> dict:
+        return next(e for e in self.engines() if e["engine"] == family)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self.http() as http:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"gateway exited early:\n{self.log_tail()}")
+                try:
+                    if http.get("/ready", timeout=5).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(1)
+        raise TimeoutError(f"gateway not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout_s: float = 60) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def link_prepared_checkpoint(data_root: Path) -> None:
+    """Reuse the checkpoint `make` derived, so a new data root need not derive it again."""
+    prepared = REPO / "var" / "models" / EMBEDDED_MODEL_ID
+    target = data_root / "models" / EMBEDDED_MODEL_ID
+    if (prepared / "config.json").is_file() and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(prepared, target_is_directory=True)
+
+
+def start_gateway(
+    data_root: Path, *flags: str, api_key: str | None = None, env: dict[str, str] | None = None
+) -> GatewayProcess:
+    link_prepared_checkpoint(data_root)
+    port = free_port()
+    log_path = data_root / "gateway.log"
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    environment.pop("TUNEGATE_CONFIG", None)
+    environment.pop("TUNEGATE_API_KEY", None)
+    if api_key:
+        environment["TUNEGATE_API_KEY"] = api_key
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--port", str(port), "--data-root", str(data_root), *flags],
+            cwd=REPO, env=environment, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    return GatewayProcess(process, f"http://127.0.0.1:{port}", data_root, log_path, api_key)
