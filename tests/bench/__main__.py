@@ -1,0 +1,67 @@
+"""``make bench``: every benchmark, one table, one JSON file.
+
+    python -m tests.bench [--suite overhead|engines|all] [--quick] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from tests.bench.suites import Row, gateway_overhead, real_engines
+
+
+def render(rows: list[Row]) -> str:
+    header = f"{'suite':<17} {'metric':<24} {'direct':>10} {'gateway':>10} {'ratio':>7}  {'goal':<28} met"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        met = "" if row.met is None else ("yes" if row.met else "NO")
+        lines.append(
+            f"{row.suite:<17} {row.metric:<24} {row.direct:>10.2f} {row.gateway:>10.2f} "
+            f"{row.ratio:>6.3f}×  {row.goal:<28} {met}"
+        )
+    return "\n".join(lines)
+
+
+async def run(suite: str, quick: bool) -> list[Row]:
+    rows: list[Row] = []
+    if suite in ("overhead", "all"):
+        rows += await gateway_overhead(rounds=200 if quick else 1000, duration_s=2 if quick else 6)
+    if suite in ("engines", "all"):
+        rows += await real_engines(rounds=10 if quick else 30)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench")
+    parser.add_argument("--suite", choices=("overhead", "engines", "all"), default="all")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
+    parser.add_argument("--out", type=Path, default=Path("var/bench/results.json"))
+    args = parser.parse_args()
+    started = time.time()
+    try:
+        import uvloop
+
+        rows = uvloop.run(run(args.suite, args.quick))
+    except ImportError:
+        rows = asyncio.run(run(args.suite, args.quick))
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    print(f"\ntunegate benchmarks ({machine}); gateway and direct measured side by side\n")
+    print(render(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "machine": machine, "command": " ".join(["python -m tests.bench", *sys.argv[1:]]),
+        "started": started, "rows": [r.as_dict() for r in rows],
+    }, indent=2))
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

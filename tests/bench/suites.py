@@ -1,0 +1,151 @@
+"""Benchmark suites. Every figure compares gateway and direct, side by side in one run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from gateway.engines.process import free_port
+from gateway.settings import EMBEDDED_MODEL_ID
+from tests.bench.load import closed_loop_rps, interleaved_latency, interleaved_streams
+from tests.support.gateway_process import GatewayProcess, start_gateway
+
+CHAT_PATH = "/v1/chat/completions"
+PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+
+
+@dataclass(frozen=True)
+class Row:
+    suite: str
+    metric: str
+    direct: float
+    gateway: float
+    unit: str
+    goal: str = ""
+    met: bool | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.gateway / self.direct if self.direct else float("nan")
+
+    def as_dict(self) -> dict[str, object]:
+        return {**self.__dict__, "ratio": round(self.ratio, 3)}
+
+
+@contextmanager
+def fake_upstream(latency_ms: float = 0.0, chunks: int = 16) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.bench.fake_upstream", "--port", str(port),
+         "--latency-ms", str(latency_ms), "--chunks", str(chunks)],
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url + "/health", 30)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextmanager
+def running_gateway(*flags: str, timeout_s: float = 900) -> Iterator[GatewayProcess]:
+    with tempfile.TemporaryDirectory(prefix="tunegate-bench-") as tmp:
+        gateway = start_gateway(Path(tmp), *flags)
+        try:
+            gateway.wait_ready(timeout_s)
+            yield gateway
+        finally:
+            gateway.stop()
+
+
+def _wait_for(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+async def gateway_overhead(rounds: int, duration_s: float) -> list[Row]:
+    """The gateway in front of an instant upstream: what the gateway itself costs."""
+    rows: list[Row] = []
+    body = {"model": EMBEDDED_MODEL_ID, "messages": PROMPT, "max_tokens": 1}
+    with fake_upstream() as upstream, running_gateway(
+        "--vllm-url", upstream, "--no-llamacpp-enabled"
+    ) as gateway:
+        targets = {"direct": (upstream + CHAT_PATH, {}), "gateway": (gateway.api_url + "/chat/completions", {})}
+        latency = await interleaved_latency(targets, body, rounds)
+        added_p50 = latency["gateway"].p50_ms - latency["direct"].p50_ms
+        added_p99 = latency["gateway"].p99_ms - latency["direct"].p99_ms
+        rows += [
+            Row("instant upstream", "latency p50", latency["direct"].p50_ms, latency["gateway"].p50_ms,
+                "ms", f"added ≤ 1 ms (added {added_p50:.2f})", added_p50 <= 1.0),
+            Row("instant upstream", "latency p99", latency["direct"].p99_ms, latency["gateway"].p99_ms,
+                "ms", f"added ≤ 5 ms (added {added_p99:.2f})", added_p99 <= 5.0),
+        ]
+        for concurrency in (1, 4):
+            direct = await closed_loop_rps(*targets["direct"], body, concurrency, duration_s)
+            through = await closed_loop_rps(*targets["gateway"], body, concurrency, duration_s)
+            rows.append(Row("instant upstream", f"requests/s c={concurrency}", direct, through, "rps"))
+        streams = await interleaved_streams(targets, body, rounds=max(20, rounds // 10))
+        rows += [
+            Row("instant upstream", "16-chunk stream TTFT", streams["direct"].ttft_ms,
+                streams["gateway"].ttft_ms, "ms"),
+            Row("instant upstream", "SSE chunks", streams["direct"].chunks, streams["gateway"].chunks,
+                "chunks", "equal", streams["direct"].chunks == streams["gateway"].chunks),
+        ]
+    goals = {1: 0.9, 4: 0.8, 16: 0.6}
+    with fake_upstream(latency_ms=20) as upstream, running_gateway(
+        "--vllm-url", upstream, "--no-llamacpp-enabled"
+    ) as gateway:
+        for concurrency, goal in goals.items():
+            direct = await closed_loop_rps(upstream + CHAT_PATH, {}, body, concurrency, duration_s)
+            through = await closed_loop_rps(
+                gateway.api_url + "/chat/completions", {}, body, concurrency, duration_s
+            )
+            rows.append(Row("20 ms upstream", f"requests/s c={concurrency}", direct, through, "rps",
+                            f"≥ {goal}× direct", through / direct >= goal))
+    return rows
+
+
+async def real_engines(rounds: int) -> list[Row]:
+    """The gateway in front of the real vLLM and llama.cpp engines it runs."""
+    rows: list[Row] = []
+    with running_gateway() as gateway:
+        engines = {e["engine"]: e["url"] for e in gateway.engines()}
+        models = {"vllm": EMBEDDED_MODEL_ID, "llama.cpp": f"{EMBEDDED_MODEL_ID}-gguf"}
+        for family, model in models.items():
+            targets = {"direct": (engines[family] + CHAT_PATH, {}),
+                       "gateway": (gateway.api_url + "/chat/completions", {})}
+            short = {"model": model, "messages": PROMPT, "max_tokens": 4, "temperature": 0}
+            latency = await interleaved_latency(targets, short, rounds, warmup=3)
+            added = latency["gateway"].p50_ms - latency["direct"].p50_ms
+            rows.append(Row(family, "latency p50, 4 tokens", latency["direct"].p50_ms,
+                            latency["gateway"].p50_ms, "ms", f"added {added:+.2f} ms"))
+            rows.append(Row(family, "latency p99, 4 tokens", latency["direct"].p99_ms,
+                            latency["gateway"].p99_ms, "ms"))
+            long = {"model": model, "messages": STORY, "max_tokens": 64, "temperature": 0}
+            streams = await interleaved_streams(targets, long, rounds=max(3, rounds // 5))
+            ratio = streams["gateway"].tokens_per_s / streams["direct"].tokens_per_s
+            rows += [
+                Row(family, "stream tokens/s", streams["direct"].tokens_per_s,
+                    streams["gateway"].tokens_per_s, "tok/s", "≥ 0.98× direct", ratio >= 0.98),
+                Row(family, "stream TTFT", streams["direct"].ttft_ms, streams["gateway"].ttft_ms, "ms"),
+                Row(family, "SSE chunks", streams["direct"].chunks, streams["gateway"].chunks,
+                    "chunks", "equal", streams["direct"].chunks == streams["gateway"].chunks),
+            ]
+    return rows
