@@ -76,7 +76,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         8 * 1024 * 1024, gt=0, description="Largest JSON request body accepted (413 above)."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the gateway (debug also logs each request)."
+    )
 
     # --- data and models ----------------------------------------------------
     data_root: Path = Field(Path("var"), description="Where models, adapters, files and jobs live.")
@@ -94,32 +96,44 @@ class Settings(BaseSettings):
         None, description="URL of an external vLLM server to use instead of starting one."
     )
     vllm_api_key: SecretStr | None = Field(None, description="API key of the external vLLM server.")
-    vllm_max_model_len: int = Field(2048, gt=0)
+    vllm_max_model_len: int = Field(2048, gt=0, description="Context length vLLM serves (--max-model-len).")
     vllm_kvcache_gib: int = Field(1, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
     vllm_gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="Fraction of GPU memory vLLM may take (GPU builds only)."
     )
-    vllm_max_lora_rank: int = Field(16, gt=0)
+    vllm_max_lora_rank: int = Field(16, gt=0, description="Highest LoRA rank vLLM accepts.")
     vllm_max_loras: int = Field(2, gt=0, description="Adapters active in one batch.")
     vllm_max_cpu_loras: int = Field(4, gt=0, description="Adapters kept loaded in the engine.")
-    vllm_extra_args: list[str] = Field(default_factory=list)
-    vllm_startup_timeout_s: float = Field(900.0, gt=0)
+    vllm_extra_args: list[str] = Field(
+        default_factory=list, description="Further vLLM server flags, as a JSON list of strings."
+    )
+    vllm_startup_timeout_s: float = Field(
+        900.0, gt=0, description="Seconds vLLM may take to become healthy before it is restarted."
+    )
 
     # --- llama.cpp ----------------------------------------------------------
     llamacpp_enabled: bool = Field(True, description="Serve GGUF models on llama.cpp.")
     llamacpp_max_running: int = Field(
         2, gt=0, description="llama.cpp engine processes kept running; the least recently used stops."
     )
-    llamacpp_n_ctx: int = Field(2048, gt=0)
+    llamacpp_n_ctx: int = Field(2048, gt=0, description="Context length of each llama.cpp engine.")
     llamacpp_threads: int | None = Field(None, gt=0, description="Threads per engine (default: all cores).")
-    llamacpp_startup_timeout_s: float = Field(120.0, gt=0)
+    llamacpp_startup_timeout_s: float = Field(
+        120.0, gt=0, description="Seconds a llama.cpp engine may take to become healthy."
+    )
 
     # --- engine supervision -------------------------------------------------
-    restart_backoff_initial_s: float = Field(1.0, gt=0)
-    restart_backoff_max_s: float = Field(30.0, gt=0)
-    engine_stop_timeout_s: float = Field(15.0, gt=0)
+    restart_backoff_initial_s: float = Field(
+        1.0, gt=0, description="First wait before restarting a crashed engine; doubles per crash."
+    )
+    restart_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between restarts.")
+    engine_stop_timeout_s: float = Field(
+        15.0, gt=0, description="Seconds an engine gets to stop on SIGTERM before SIGKILL."
+    )
     upstream_timeout_s: float = Field(600.0, gt=0, description="Longest wait for an engine's answer.")
-    upstream_max_connections: int = Field(256, gt=0)
+    upstream_max_connections: int = Field(
+        256, gt=0, description="Keep-alive connections the gateway holds to its engines."
+    )
 
     @field_validator("data_root")
     @classmethod
