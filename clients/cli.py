@@ -75,7 +75,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from gateway.settings_cli import add_settings_flags
 
-    parser = argparse.ArgumentParser(prog="tunegate", description="tunegate: local OpenAI-compatible gateway")
+    parser = argparse.ArgumentParser(
+        prog="tunegate", description="tunegate: local OpenAI-compatible gateway"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run a gateway")
     add_settings_flags(serve)

@@ -66,9 +66,13 @@ async def prepare_embedded_checkpoint(settings: Settings) -> None:
         return
     log.info("deriving the HF checkpoint of %s (once, about a minute)", EMBEDDED_MODEL_ID)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tuner.prepare_base",
-        "--gguf", str(embedded_gguf_path()),
-        "--out", str(hf_dir),
+        sys.executable,
+        "-m",
+        "tuner.prepare_base",
+        "--gguf",
+        str(embedded_gguf_path()),
+        "--out",
+        str(hf_dir),
     )
     if await process.wait() != 0 or not checkpoint_is_complete(hf_dir):
         raise ModelPreparationError(f"Preparing the checkpoint of {EMBEDDED_MODEL_ID} failed.")

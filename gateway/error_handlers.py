@@ -76,7 +76,11 @@ def describe_validation_errors(errors: Any) -> tuple[str, str | None, str]:
         return f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
     if not loc:
         return f"Invalid request body: {first.get('msg', 'invalid value')}.", None, "invalid_value"
-    return f"Invalid value for '{param}': {first.get('msg', 'invalid value')}.", param, "invalid_value"
+    return (
+        f"Invalid value for '{param}': {first.get('msg', 'invalid value')}.",
+        param,
+        "invalid_value",
+    )
 
 
 def _param_path(loc: list[Any]) -> str | None:

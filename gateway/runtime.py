@@ -85,7 +85,9 @@ class _EngineSetBuilder:
             if has_weights(spec):
                 add(spec)
 
-    def _rows(self) -> list[tuple[Callable[[BaseModelSpec], bool], Callable[[BaseModelSpec], None]]]:
+    def _rows(
+        self,
+    ) -> list[tuple[Callable[[BaseModelSpec], bool], Callable[[BaseModelSpec], None]]]:
         return [
             (lambda s: s.hf_dir is not None and self.settings.vllm_enabled, self._add_vllm),
             (lambda s: s.gguf is not None and self.settings.llamacpp_enabled, self._add_llamacpp),
@@ -102,8 +104,12 @@ class _EngineSetBuilder:
         self.engines[engine.key] = engine
         self.catalog.add(
             ModelEntry(
-                id=spec.id, kind="base", engine=engine.family, engine_key=engine.key,
-                weights=spec.hf_dir, owned_by=spec.owned_by,
+                id=spec.id,
+                kind="base",
+                engine=engine.family,
+                engine_key=engine.key,
+                weights=spec.hf_dir,
+                owned_by=spec.owned_by,
             )
         )
 
@@ -113,8 +119,12 @@ class _EngineSetBuilder:
             self._llamacpp = LlamaCppEngine(self.settings, self.http)
             self.engines[self._llamacpp.key] = self._llamacpp
         entry = ModelEntry(
-            id=spec.served_gguf_id, kind="base", engine=LlamaCppEngine.family,
-            engine_key=LlamaCppEngine.key, weights=spec.gguf, owned_by=spec.owned_by,
+            id=spec.served_gguf_id,
+            kind="base",
+            engine=LlamaCppEngine.family,
+            engine_key=LlamaCppEngine.key,
+            weights=spec.gguf,
+            owned_by=spec.owned_by,
         )
         self.catalog.add(entry)
         self._llamacpp.preload(entry)

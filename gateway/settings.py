@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the gateway binds to.")
     port: int = Field(8000, ge=0, le=65535, description="Port the gateway listens on.")
     api_key: SecretStr | None = Field(
-        None, description="When set, every route except /health needs 'Authorization: Bearer <key>'."
+        None,
+        description="When set, every route except /health needs 'Authorization: Bearer <key>'.",
     )
     max_request_bytes: int = Field(
         8 * 1024 * 1024, gt=0, description="Largest JSON request body accepted (413 above)."
@@ -87,7 +88,7 @@ class Settings(BaseSettings):
     )
     models: list[BaseModelSpec] = Field(
         default_factory=list,
-        description="Further base models, as JSON: [{\"id\", \"hf_dir\", \"gguf\", \"gguf_id\"}].",
+        description='Further base models, as JSON: [{"id", "hf_dir", "gguf", "gguf_id"}].',
     )
 
     # --- vLLM ---------------------------------------------------------------
@@ -96,8 +97,12 @@ class Settings(BaseSettings):
         None, description="URL of an external vLLM server to use instead of starting one."
     )
     vllm_api_key: SecretStr | None = Field(None, description="API key of the external vLLM server.")
-    vllm_max_model_len: int = Field(2048, gt=0, description="Context length vLLM serves (--max-model-len).")
-    vllm_kvcache_gib: int = Field(1, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    vllm_max_model_len: int = Field(
+        2048, gt=0, description="Context length vLLM serves (--max-model-len)."
+    )
+    vllm_kvcache_gib: int = Field(
+        1, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)."
+    )
     vllm_gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="Fraction of GPU memory vLLM may take (GPU builds only)."
     )
@@ -114,10 +119,14 @@ class Settings(BaseSettings):
     # --- llama.cpp ----------------------------------------------------------
     llamacpp_enabled: bool = Field(True, description="Serve GGUF models on llama.cpp.")
     llamacpp_max_running: int = Field(
-        2, gt=0, description="llama.cpp engine processes kept running; the least recently used stops."
+        2,
+        gt=0,
+        description="llama.cpp engine processes kept running; the least recently used stops.",
     )
     llamacpp_n_ctx: int = Field(2048, gt=0, description="Context length of each llama.cpp engine.")
-    llamacpp_threads: int | None = Field(None, gt=0, description="Threads per engine (default: all cores).")
+    llamacpp_threads: int | None = Field(
+        None, gt=0, description="Threads per engine (default: all cores)."
+    )
     llamacpp_startup_timeout_s: float = Field(
         120.0, gt=0, description="Seconds a llama.cpp engine may take to become healthy."
     )
@@ -130,7 +139,9 @@ class Settings(BaseSettings):
     engine_stop_timeout_s: float = Field(
         15.0, gt=0, description="Seconds an engine gets to stop on SIGTERM before SIGKILL."
     )
-    upstream_timeout_s: float = Field(600.0, gt=0, description="Longest wait for an engine's answer.")
+    upstream_timeout_s: float = Field(
+        600.0, gt=0, description="Longest wait for an engine's answer."
+    )
     upstream_max_connections: int = Field(
         256, gt=0, description="Keep-alive connections the gateway holds to its engines."
     )

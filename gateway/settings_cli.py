@@ -24,11 +24,22 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         help_text = _help(name, field)
         if _is_bool(field.annotation):
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
         elif _is_complex(field.annotation):
-            group.add_argument(flag, dest=name, type=json.loads, default=argparse.SUPPRESS,
-                               metavar="JSON", help=help_text)
+            group.add_argument(
+                flag,
+                dest=name,
+                type=json.loads,
+                default=argparse.SUPPRESS,
+                metavar="JSON",
+                help=help_text,
+            )
         else:
             group.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_text)
 

@@ -29,14 +29,23 @@ _EXPECTED_STARTUP_S = 5.0
 def llamacpp_argv(settings: Settings, model_id: str, gguf: Path, port: int) -> list[str]:
     threads = settings.llamacpp_threads or os.cpu_count() or 1
     return [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(gguf),
-        "--model_alias", model_id,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--n_ctx", str(settings.llamacpp_n_ctx),
-        "--n_threads", str(threads),
-        "--n_threads_batch", str(threads),
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--model_alias",
+        model_id,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(settings.llamacpp_n_ctx),
+        "--n_threads",
+        str(threads),
+        "--n_threads_batch",
+        str(threads),
     ]
 
 
@@ -75,7 +84,8 @@ class LlamaCppEngine:
             timeout_s = self._settings.llamacpp_startup_timeout_s if first_start else 0.0
             if not await process.wait_ready(timeout_s):
                 raise EngineUnavailableError(
-                    f"The llama.cpp engine for '{entry.id}' is {process.state.value}; retry shortly.",
+                    f"The llama.cpp engine for '{entry.id}' is {process.state.value}; "
+                    "retry shortly.",
                     retry_after_s=process.retry_after_s(),
                 )
         return Upstream(process.spec.base_url)

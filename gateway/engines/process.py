@@ -116,7 +116,9 @@ class SupervisedProcess:
     def start(self) -> None:
         if self._supervisor is None:
             self._stopping = False
-            self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.spec.name}")
+            self._supervisor = asyncio.create_task(
+                self._supervise(), name=f"supervise-{self.spec.name}"
+            )
 
     async def wait_ready(self, timeout_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -143,7 +145,9 @@ class SupervisedProcess:
                 await self._wait_healthy()
             except _StartFailed as failure:
                 self.last_error = str(failure)
-                log.error("%s failed to start: %s (log: %s)", self.spec.name, failure, self.spec.log_path)
+                log.error(
+                    "%s failed to start: %s (log: %s)", self.spec.name, failure, self.spec.log_path
+                )
                 await self._terminate()
             else:
                 self._set_state(EngineState.READY)
@@ -195,7 +199,9 @@ class SupervisedProcess:
         url = self.spec.base_url + self.spec.health_path
         while time.monotonic() < deadline:
             if self._run.process.returncode is not None:
-                raise _StartFailed(f"exited with status {self._run.process.returncode} while starting")
+                raise _StartFailed(
+                    f"exited with status {self._run.process.returncode} while starting"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 response = await self._http.get(url, timeout=2.0)
                 if response.status_code == 200:
@@ -213,7 +219,9 @@ class SupervisedProcess:
         try:
             await asyncio.wait_for(run.process.wait(), self._stop_timeout_s)
         except TimeoutError:
-            log.warning("%s did not stop in %.0fs; killing it", self.spec.name, self._stop_timeout_s)
+            log.warning(
+                "%s did not stop in %.0fs; killing it", self.spec.name, self._stop_timeout_s
+            )
         # Children (vLLM's EngineCore) may outlive the leader: kill the group.
         _signal_group(pgid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):

@@ -46,6 +46,9 @@ async def _forward(path: str, body: OpenAIRequest, request: Request) -> Response
 def _to_response(reply: EngineReply) -> Response:
     if reply.chunks is not None:
         return StreamingResponse(
-            reply.chunks, status_code=reply.status, media_type=reply.media_type, headers=_SSE_HEADERS
+            reply.chunks,
+            status_code=reply.status,
+            media_type=reply.media_type,
+            headers=_SSE_HEADERS,
         )
     return Response(reply.body, status_code=reply.status, media_type=reply.media_type)

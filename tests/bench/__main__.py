@@ -1,6 +1,6 @@
 """``make bench``: every benchmark, one table, one JSON file.
 
-    python -m tests.bench [--suite overhead|engines|all] [--quick] [--out FILE]
+python -m tests.bench [--suite overhead|engines|all] [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from tests.bench.suites import Row, gateway_overhead, real_engines
 
 
 def render(rows: list[Row]) -> str:
-    header = f"{'suite':<17} {'metric':<24} {'direct':>10} {'gateway':>10} {'ratio':>7}  {'goal':<28} met"
+    columns = f"{'suite':<17} {'metric':<24} {'direct':>10} {'gateway':>10} {'ratio':>7}"
+    header = f"{columns}  {'goal':<28} met"
     lines = [header, "-" * len(header)]
     for row in rows:
         met = "" if row.met is None else ("yes" if row.met else "NO")
@@ -55,10 +56,17 @@ def main() -> int:
     print(f"\ntunegate benchmarks ({machine}); gateway and direct measured side by side\n")
     print(render(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "machine": machine, "command": " ".join(["python -m tests.bench", *sys.argv[1:]]),
-        "started": started, "rows": [r.as_dict() for r in rows],
-    }, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "command": " ".join(["python -m tests.bench", *sys.argv[1:]]),
+                "started": started,
+                "rows": [r.as_dict() for r in rows],
+            },
+            indent=2,
+        )
+    )
     print(f"\nwritten to {args.out}")
     return 0
 

@@ -19,17 +19,32 @@ MODEL = "smollm2-135m-instruct"
 
 
 def _completion() -> bytes:
-    return json.dumps({
-        "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
-    }).encode()
+    return json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1,
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Paris"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+        }
+    ).encode()
 
 
 def _chunk(i: int) -> bytes:
-    event = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
-             "choices": [{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}]}
+    event = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}],
+    }
     return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
@@ -55,8 +70,13 @@ class FakeUpstream:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         if b'"stream": true' in body or b'"stream":true' in body:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")],
+                }
+            )
             for chunk in self.chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if self.chunk_gap_s:
@@ -67,9 +87,16 @@ class FakeUpstream:
 
     @staticmethod
     async def _send(send, status: int, body: bytes) -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -81,8 +108,15 @@ def main() -> None:
     parser.add_argument("--chunk-gap-ms", type=float, default=0.0)
     args = parser.parse_args()
     app = FakeUpstream(args.latency_ms / 1000, args.chunks, args.chunk_gap_ms / 1000)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning",
-                loop="uvloop", http="httptools", access_log=False)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

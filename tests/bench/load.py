@@ -80,19 +80,25 @@ async def closed_loop_rps(
         return done / (time.perf_counter() - started)
 
 
-async def stream_once(client: httpx.AsyncClient, url: str, headers: dict, body: dict) -> StreamStats:
+async def stream_once(
+    client: httpx.AsyncClient, url: str, headers: dict, body: dict
+) -> StreamStats:
     started = time.perf_counter()
     first = last = 0.0
     tokens = chunks = 0
-    async with client.stream("POST", url, json={**body, "stream": True}, headers=headers) as response:
+    async with client.stream(
+        "POST", url, json={**body, "stream": True}, headers=headers
+    ) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunks += 1
             event = json.loads(line[6:])
-            if any(choice.get("delta", {}).get("content") or choice.get("text")
-                   for choice in event.get("choices", [])):
+            if any(
+                choice.get("delta", {}).get("content") or choice.get("text")
+                for choice in event.get("choices", [])
+            ):
                 now = time.perf_counter()
                 first = first or now
                 last = now
@@ -106,7 +112,7 @@ async def interleaved_streams(
 ) -> dict[str, StreamStats]:
     results: dict[str, list[StreamStats]] = {name: [] for name in targets}
     async with new_client(2) as client:
-        for name, (url, headers) in targets.items():  # warm-up
+        for url, headers in targets.values():  # warm-up
             await stream_once(client, url, headers, body)
         for _ in range(rounds):
             for name, (url, headers) in targets.items():

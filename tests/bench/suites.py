@@ -45,8 +45,17 @@ class Row:
 def fake_upstream(latency_ms: float = 0.0, chunks: int = 16) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench.fake_upstream", "--port", str(port),
-         "--latency-ms", str(latency_ms), "--chunks", str(chunks)],
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.fake_upstream",
+            "--port",
+            str(port),
+            "--latency-ms",
+            str(latency_ms),
+            "--chunks",
+            str(chunks),
+        ],
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -84,41 +93,83 @@ async def gateway_overhead(rounds: int, duration_s: float) -> list[Row]:
     """The gateway in front of an instant upstream: what the gateway itself costs."""
     rows: list[Row] = []
     body = {"model": EMBEDDED_MODEL_ID, "messages": PROMPT, "max_tokens": 1}
-    with fake_upstream() as upstream, running_gateway(
-        "--vllm-url", upstream, "--no-llamacpp-enabled"
-    ) as gateway:
-        targets = {"direct": (upstream + CHAT_PATH, {}), "gateway": (gateway.api_url + "/chat/completions", {})}
+    with (
+        fake_upstream() as upstream,
+        running_gateway("--vllm-url", upstream, "--no-llamacpp-enabled") as gateway,
+    ):
+        targets = {
+            "direct": (upstream + CHAT_PATH, {}),
+            "gateway": (gateway.api_url + "/chat/completions", {}),
+        }
         latency = await interleaved_latency(targets, body, rounds)
         added_p50 = latency["gateway"].p50_ms - latency["direct"].p50_ms
         added_p99 = latency["gateway"].p99_ms - latency["direct"].p99_ms
         rows += [
-            Row("instant upstream", "latency p50", latency["direct"].p50_ms, latency["gateway"].p50_ms,
-                "ms", f"added ≤ 1 ms (added {added_p50:.2f})", added_p50 <= 1.0),
-            Row("instant upstream", "latency p99", latency["direct"].p99_ms, latency["gateway"].p99_ms,
-                "ms", f"added ≤ 5 ms (added {added_p99:.2f})", added_p99 <= 5.0),
+            Row(
+                "instant upstream",
+                "latency p50",
+                latency["direct"].p50_ms,
+                latency["gateway"].p50_ms,
+                "ms",
+                f"added ≤ 1 ms (added {added_p50:.2f})",
+                added_p50 <= 1.0,
+            ),
+            Row(
+                "instant upstream",
+                "latency p99",
+                latency["direct"].p99_ms,
+                latency["gateway"].p99_ms,
+                "ms",
+                f"added ≤ 5 ms (added {added_p99:.2f})",
+                added_p99 <= 5.0,
+            ),
         ]
         for concurrency in (1, 4):
             direct = await closed_loop_rps(*targets["direct"], body, concurrency, duration_s)
             through = await closed_loop_rps(*targets["gateway"], body, concurrency, duration_s)
-            rows.append(Row("instant upstream", f"requests/s c={concurrency}", direct, through, "rps"))
+            rows.append(
+                Row("instant upstream", f"requests/s c={concurrency}", direct, through, "rps")
+            )
         streams = await interleaved_streams(targets, body, rounds=max(20, rounds // 10))
         rows += [
-            Row("instant upstream", "16-chunk stream TTFT", streams["direct"].ttft_ms,
-                streams["gateway"].ttft_ms, "ms"),
-            Row("instant upstream", "SSE chunks", streams["direct"].chunks, streams["gateway"].chunks,
-                "chunks", "equal", streams["direct"].chunks == streams["gateway"].chunks),
+            Row(
+                "instant upstream",
+                "16-chunk stream TTFT",
+                streams["direct"].ttft_ms,
+                streams["gateway"].ttft_ms,
+                "ms",
+            ),
+            Row(
+                "instant upstream",
+                "SSE chunks",
+                streams["direct"].chunks,
+                streams["gateway"].chunks,
+                "chunks",
+                "equal",
+                streams["direct"].chunks == streams["gateway"].chunks,
+            ),
         ]
     goals = {1: 0.9, 4: 0.8, 16: 0.6}
-    with fake_upstream(latency_ms=20) as upstream, running_gateway(
-        "--vllm-url", upstream, "--no-llamacpp-enabled"
-    ) as gateway:
+    with (
+        fake_upstream(latency_ms=20) as upstream,
+        running_gateway("--vllm-url", upstream, "--no-llamacpp-enabled") as gateway,
+    ):
         for concurrency, goal in goals.items():
             direct = await closed_loop_rps(upstream + CHAT_PATH, {}, body, concurrency, duration_s)
             through = await closed_loop_rps(
                 gateway.api_url + "/chat/completions", {}, body, concurrency, duration_s
             )
-            rows.append(Row("20 ms upstream", f"requests/s c={concurrency}", direct, through, "rps",
-                            f"≥ {goal}× direct", through / direct >= goal))
+            rows.append(
+                Row(
+                    "20 ms upstream",
+                    f"requests/s c={concurrency}",
+                    direct,
+                    through,
+                    "rps",
+                    f"≥ {goal}× direct",
+                    through / direct >= goal,
+                )
+            )
     return rows
 
 
@@ -129,23 +180,60 @@ async def real_engines(rounds: int) -> list[Row]:
         engines = {e["engine"]: e["url"] for e in gateway.engines()}
         models = {"vllm": EMBEDDED_MODEL_ID, "llama.cpp": f"{EMBEDDED_MODEL_ID}-gguf"}
         for family, model in models.items():
-            targets = {"direct": (engines[family] + CHAT_PATH, {}),
-                       "gateway": (gateway.api_url + "/chat/completions", {})}
+            targets = {
+                "direct": (engines[family] + CHAT_PATH, {}),
+                "gateway": (gateway.api_url + "/chat/completions", {}),
+            }
             short = {"model": model, "messages": PROMPT, "max_tokens": 4, "temperature": 0}
             latency = await interleaved_latency(targets, short, rounds, warmup=3)
             added = latency["gateway"].p50_ms - latency["direct"].p50_ms
-            rows.append(Row(family, "latency p50, 4 tokens", latency["direct"].p50_ms,
-                            latency["gateway"].p50_ms, "ms", f"added {added:+.2f} ms"))
-            rows.append(Row(family, "latency p99, 4 tokens", latency["direct"].p99_ms,
-                            latency["gateway"].p99_ms, "ms"))
+            rows.append(
+                Row(
+                    family,
+                    "latency p50, 4 tokens",
+                    latency["direct"].p50_ms,
+                    latency["gateway"].p50_ms,
+                    "ms",
+                    f"added {added:+.2f} ms",
+                )
+            )
+            rows.append(
+                Row(
+                    family,
+                    "latency p99, 4 tokens",
+                    latency["direct"].p99_ms,
+                    latency["gateway"].p99_ms,
+                    "ms",
+                )
+            )
             long = {"model": model, "messages": STORY, "max_tokens": 64, "temperature": 0}
             streams = await interleaved_streams(targets, long, rounds=max(3, rounds // 5))
             ratio = streams["gateway"].tokens_per_s / streams["direct"].tokens_per_s
             rows += [
-                Row(family, "stream tokens/s", streams["direct"].tokens_per_s,
-                    streams["gateway"].tokens_per_s, "tok/s", "≥ 0.98× direct", ratio >= 0.98),
-                Row(family, "stream TTFT", streams["direct"].ttft_ms, streams["gateway"].ttft_ms, "ms"),
-                Row(family, "SSE chunks", streams["direct"].chunks, streams["gateway"].chunks,
-                    "chunks", "equal", streams["direct"].chunks == streams["gateway"].chunks),
+                Row(
+                    family,
+                    "stream tokens/s",
+                    streams["direct"].tokens_per_s,
+                    streams["gateway"].tokens_per_s,
+                    "tok/s",
+                    "≥ 0.98× direct",
+                    ratio >= 0.98,
+                ),
+                Row(
+                    family,
+                    "stream TTFT",
+                    streams["direct"].ttft_ms,
+                    streams["gateway"].ttft_ms,
+                    "ms",
+                ),
+                Row(
+                    family,
+                    "SSE chunks",
+                    streams["direct"].chunks,
+                    streams["gateway"].chunks,
+                    "chunks",
+                    "equal",
+                    streams["direct"].chunks == streams["gateway"].chunks,
+                ),
             ]
     return rows

@@ -25,7 +25,9 @@ def _kill_and_wait_back(gateway, client, family: str, model: str) -> None:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
-            reply = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=8, temperature=0)
+            reply = client.chat.completions.create(
+                model=model, messages=PROMPT, max_tokens=8, temperature=0
+            )
         except openai.InternalServerError as error:
             assert error.status_code == 503
             assert int(error.response.headers["retry-after"]) >= 1

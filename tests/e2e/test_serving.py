@@ -26,7 +26,9 @@ def test_models_list_shows_the_base_on_both_engines(client):
 
 @BOTH_ENGINES
 def test_chat(client, model):
-    reply = client.chat.completions.create(model=model, messages=FRANCE, max_tokens=16, temperature=0)
+    reply = client.chat.completions.create(
+        model=model, messages=FRANCE, max_tokens=16, temperature=0
+    )
     assert reply.model == model
     assert "paris" in reply.choices[0].message.content.lower()
     assert reply.usage is not None and reply.usage.completion_tokens > 0
@@ -35,7 +37,11 @@ def test_chat(client, model):
 @BOTH_ENGINES
 def test_chat_streaming(client, model):
     stream = client.chat.completions.create(
-        model=model, messages=FRANCE, max_tokens=16, temperature=0, stream=True,
+        model=model,
+        messages=FRANCE,
+        max_tokens=16,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -64,7 +70,8 @@ def test_completions_streaming(client, model):
 
 def test_max_completion_tokens_is_honoured_on_llamacpp(client):
     reply = client.chat.completions.create(
-        model=BASE_GGUF, messages=[{"role": "user", "content": "Tell me a long story."}],
+        model=BASE_GGUF,
+        messages=[{"role": "user", "content": "Tell me a long story."}],
         max_completion_tokens=4,
     )
     assert reply.usage.completion_tokens <= 4
@@ -123,10 +130,23 @@ def test_engine_admin_routes_are_not_exposed(gateway):
 def test_curl_streams_sse_ending_with_done(gateway):
     body = json.dumps({"model": BASE_GGUF, "messages": FRANCE, "max_tokens": 8, "stream": True})
     out = subprocess.run(
-        ["curl", "-sS", "-N", "--fail-with-body", f"{gateway.api_url}/chat/completions",
-         "-H", f"Authorization: Bearer {API_KEY}", "-H", "Content-Type: application/json",
-         "-d", body],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            "curl",
+            "-sS",
+            "-N",
+            "--fail-with-body",
+            f"{gateway.api_url}/chat/completions",
+            "-H",
+            f"Authorization: Bearer {API_KEY}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     events = [line for line in out.splitlines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"

@@ -38,7 +38,11 @@ class GatewayProcess:
         return httpx.Client(base_url=self.url, headers=self.headers(), timeout=120, **kwargs)
 
     def client(self, **kwargs: object) -> openai.OpenAI:
-        options: dict[str, object] = {"api_key": self.api_key or "local", "max_retries": 0, "timeout": 120}
+        options: dict[str, object] = {
+            "api_key": self.api_key or "local",
+            "max_retries": 0,
+            "timeout": 120,
+        }
         options.update(kwargs)
         return openai.OpenAI(base_url=self.api_url, **options)
 
@@ -100,7 +104,19 @@ def start_gateway(
         environment["TUNEGATE_API_KEY"] = api_key
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--port", str(port), "--data-root", str(data_root), *flags],
-            cwd=REPO, env=environment, stdout=log_file, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "--port",
+                str(port),
+                "--data-root",
+                str(data_root),
+                *flags,
+            ],
+            cwd=REPO,
+            env=environment,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     return GatewayProcess(process, f"http://127.0.0.1:{port}", data_root, log_path, api_key)

@@ -26,7 +26,9 @@ def _spec(tmp_path, port: int) -> ProcessSpec:
     )
 
 
-async def _wait_state(process: SupervisedProcess, state: EngineState, timeout_s: float = 20) -> None:
+async def _wait_state(
+    process: SupervisedProcess, state: EngineState, timeout_s: float = 20
+) -> None:
     async with asyncio.timeout(timeout_s):
         while process.state is not state:
             await asyncio.sleep(0.05)
@@ -41,7 +43,11 @@ async def test_start_restart_after_kill_and_stop(tmp_path):
 
     async with httpx.AsyncClient() as http:
         supervised = SupervisedProcess(
-            _spec(tmp_path, free_port()), http, Backoff(0.1, 0.2), stop_timeout_s=5, on_ready=on_ready
+            _spec(tmp_path, free_port()),
+            http,
+            Backoff(0.1, 0.2),
+            stop_timeout_s=5,
+            on_ready=on_ready,
         )
         supervised.start()
         assert await supervised.wait_ready(20)
@@ -64,7 +70,9 @@ async def test_start_restart_after_kill_and_stop(tmp_path):
 
 async def test_a_process_that_cannot_start_is_retried_with_backoff(tmp_path):
     spec = _spec(tmp_path, free_port())
-    failing = ProcessSpec(**{**spec.__dict__, "argv": [sys.executable, "-c", "raise SystemExit(3)"]})
+    failing = ProcessSpec(
+        **{**spec.__dict__, "argv": [sys.executable, "-c", "raise SystemExit(3)"]}
+    )
     async with httpx.AsyncClient() as http:
         supervised = SupervisedProcess(failing, http, Backoff(0.05, 0.1), stop_timeout_s=2)
         supervised.start()

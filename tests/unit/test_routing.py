@@ -84,7 +84,9 @@ async def test_bad_parameters_are_400_with_param(gateway, upstream, body, param)
     assert not upstream.seen
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"", "\udcff".encode("utf-8", "surrogatepass")])
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b"[1, 2]", b"", "\udcff".encode("utf-8", "surrogatepass")]
+)
 async def test_malformed_bodies_are_400(gateway, raw):
     response = await gateway.post(
         "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
@@ -110,7 +112,18 @@ async def test_unreachable_engine_is_503(gateway, upstream):
 @pytest.mark.parametrize(
     ("status", "body", "expected"),
     [
-        (400, {"error": {"message": "too long", "type": "BadRequestError", "param": None, "code": 400}}, 400),
+        (
+            400,
+            {
+                "error": {
+                    "message": "too long",
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": 400,
+                }
+            },
+            400,
+        ),
         (422, {"detail": [{"loc": ["body", "top_k"], "msg": "bad", "type": "x"}]}, 400),
         (500, {"detail": "Traceback (most recent call last): File /secret/path.py"}, 500),
     ],
@@ -143,11 +156,18 @@ async def test_models_list_names_each_engine(gateway):
 async def test_api_key_guards_every_route_but_health(make_gateway):
     gateway = make_gateway(api_key="s3cret")
     assert (await gateway.get("/health")).status_code == 200
-    for method, path in [("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
-                         ("GET", "/metrics"), ("GET", "/ready"), ("GET", "/no/such/route")]:
+    for method, path in [
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/metrics"),
+        ("GET", "/ready"),
+        ("GET", "/no/such/route"),
+    ]:
         response = await gateway.request(method, path, json=CHAT)
         assert_openai_error(response, 401, "invalid_api_key")
-        wrong = await gateway.request(method, path, json=CHAT, headers={"Authorization": "Bearer x"})
+        wrong = await gateway.request(
+            method, path, json=CHAT, headers={"Authorization": "Bearer x"}
+        )
         assert_openai_error(wrong, 401)
     ok = await gateway.get("/v1/models", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200

@@ -36,7 +36,7 @@ def test_environment_variables(monkeypatch, tmp_path):
 
 def test_toml_config_file(monkeypatch, tmp_path):
     config = tmp_path / "tunegate.toml"
-    config.write_text('port = 8123\nvllm_max_loras = 3\n')
+    config.write_text("port = 8123\nvllm_max_loras = 3\n")
     monkeypatch.setenv("TUNEGATE_CONFIG", str(config))
     monkeypatch.setenv("TUNEGATE_VLLM_MAX_LORAS", "5")  # env beats the file
     settings = Settings()
