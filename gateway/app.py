@@ -10,11 +10,14 @@ from fastapi import FastAPI
 
 from gateway.error_handlers import install_error_handlers
 from gateway.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from gateway.routes import inference, operations
+from gateway.routes import adapters, inference, operations
 from gateway.runtime import build_runtime
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Routes that take files: they get max_upload_bytes instead of max_request_bytes.
+UPLOAD_PATHS = ("/v1/adapters",)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,9 +40,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(inference.router)
+    app.include_router(adapters.router)
     app.include_router(operations.router)
     # Added last = runs first: the key is checked before the body is read.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        upload_limits={path: settings.max_upload_bytes for path in UPLOAD_PATHS},
+    )
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
     return app

@@ -32,6 +32,7 @@ class ModelEntry:
     weights: Path | None
     owned_by: str = "tunegate"
     parent: str | None = None
+    root: str | None = None  # the base model at the start of the lineage
     created: int = field(default_factory=lambda: int(time.time()))
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -42,7 +43,7 @@ class ModelEntry:
             "object": "model",
             "created": self.created,
             "owned_by": self.owned_by,
-            "root": self.parent or self.id,
+            "root": self.root or self.id,
             "parent": self.parent,
             "engine": self.engine,
             "kind": self.kind,
@@ -51,28 +52,52 @@ class ModelEntry:
 
 
 class ModelCatalog:
+    """Model ids, plus short aliases that resolve while exactly one model has them."""
+
     def __init__(self) -> None:
         self._entries: dict[str, ModelEntry] = {}
+        self._aliases: dict[str, set[str]] = {}
 
-    def add(self, entry: ModelEntry) -> None:
+    def add(self, entry: ModelEntry, alias: str | None = None) -> None:
         if entry.id in self._entries:
             raise ConflictError(f"The model id '{entry.id}' is already in use.", param="model")
         self._entries[entry.id] = entry
+        if alias and alias != entry.id:
+            self._aliases.setdefault(alias, set()).add(entry.id)
 
     def remove(self, model_id: str) -> ModelEntry:
         try:
-            return self._entries.pop(model_id)
+            entry = self._entries.pop(model_id)
         except KeyError:
             raise ModelNotFoundError(model_id) from None
-
-    def resolve(self, model_id: str) -> ModelEntry:
-        entry = self._entries.get(model_id)
-        if entry is None:
-            raise ModelNotFoundError(model_id)
+        for alias, ids in list(self._aliases.items()):
+            ids.discard(model_id)
+            if not ids:
+                del self._aliases[alias]
         return entry
 
+    def resolve(self, name: str) -> ModelEntry:
+        """An id, or an alias that only one model has. Ids win over aliases."""
+        entry = self._entries.get(name)
+        if entry is not None:
+            return entry
+        ids = self._aliases.get(name)
+        if ids and len(ids) == 1:
+            return self._entries[next(iter(ids))]
+        if ids:
+            raise ModelNotFoundError(
+                name,
+                f"'{name}' is an alias of several models ({', '.join(sorted(ids))}); "
+                "use the full id.",
+            )
+        raise ModelNotFoundError(name)
+
+    def aliases_of(self, model_id: str) -> list[str]:
+        return sorted(a for a, ids in self._aliases.items() if ids == {model_id})
+
     def entries(self) -> list[ModelEntry]:
-        return sorted(self._entries.values(), key=lambda e: (e.kind != "base", e.id))
+        kind_order = {"base": 0, "adapter": 1, "merged": 2}
+        return sorted(self._entries.values(), key=lambda e: (kind_order[e.kind], e.created, e.id))
 
     def __contains__(self, model_id: object) -> bool:
         return model_id in self._entries

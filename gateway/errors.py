@@ -78,9 +78,10 @@ class NotFoundError(TunegateError):
 class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, message: str | None = None) -> None:
         super().__init__(
-            f"The model '{model}' does not exist. GET /v1/models lists the models served here.",
+            message
+            or f"The model '{model}' does not exist. GET /v1/models lists the models served here.",
             param="model",
         )
 

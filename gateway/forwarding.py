@@ -60,6 +60,12 @@ BODY_ADAPTERS: dict[str, BodyAdapter] = {
 }
 
 
+def _with_model(raw: bytes, model_id: str) -> bytes:
+    payload = json.loads(raw)
+    payload["model"] = model_id
+    return json.dumps(payload).encode()
+
+
 class Forwarder:
     def __init__(
         self,
@@ -85,6 +91,8 @@ class Forwarder:
         try:
             upstream = await engine.upstream_for(entry)
             body = BODY_ADAPTERS.get(entry.engine, unchanged)(entry, request, raw_body)
+            if request.model != entry.id:  # an alias: the engine knows the full id
+                body = _with_model(body, entry.id)
             outgoing = self._http.build_request(
                 "POST",
                 upstream.base_url + path,

@@ -48,20 +48,32 @@ class ApiKeyMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies over ``max_bytes`` with 413, by header or while streaming in."""
+    """Refuses request bodies over the limit with 413, by header or while streaming in.
 
-    def __init__(self, app: ASGIApp, max_bytes: int, exempt_prefixes: tuple[str, ...] = ()) -> None:
+    ``upload_limits`` maps path prefixes (upload routes) to their own, larger limit.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, upload_limits: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.exempt_prefixes = exempt_prefixes
+        self.upload_limits = tuple((upload_limits or {}).items())
+
+    def limit_for(self, path: str) -> int:
+        for prefix, limit in self.upload_limits:
+            if path.startswith(prefix):
+                return limit
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.exempt_prefixes):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope["path"])
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await send_error(send, self._too_large())
+        if length is not None and length.isdigit() and int(length) > limit:
+            await send_error(send, _too_large(limit))
             return
         received = 0
 
@@ -70,11 +82,12 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._too_large()
+                if received > limit:
+                    raise _too_large(limit)
             return message
 
         await self.app(scope, limited_receive, send)
 
-    def _too_large(self) -> PayloadTooLargeError:
-        return PayloadTooLargeError(f"Request body is larger than {self.max_bytes} bytes.")
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"Request body is larger than {limit} bytes.")

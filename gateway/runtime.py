@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from adapters.registry import AdapterRegistry
+from gateway.adapter_service import AdapterService
 from gateway.base_models import base_model_specs, prepare_embedded_checkpoint
 from gateway.catalog import ModelCatalog, ModelEntry
 from gateway.engines.base import Engine, EngineStatus
@@ -35,6 +37,7 @@ class GatewayRuntime:
     catalog: ModelCatalog
     engines: dict[str, Engine]
     forwarder: Forwarder
+    adapters: AdapterService
     draining: bool = False
 
     def engine_statuses(self) -> list[EngineStatus]:
@@ -137,8 +140,17 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
     http = _new_http_client(settings)
     catalog = ModelCatalog()
     builder = _EngineSetBuilder(settings, http, catalog)
-    for spec in base_model_specs(settings):
+    specs = base_model_specs(settings)
+    for spec in specs:
         builder.add_base(spec)
+    registry = AdapterRegistry(
+        settings.adapters_dir,
+        import_roots=settings.adapter_import_dirs,
+        bases={s.id: s.hf_dir for s in specs if s.hf_dir is not None},
+        max_rank=settings.vllm_max_lora_rank,
+    )
+    adapters = AdapterService(registry, catalog, builder.engines)
+    adapters.load_registered()
     metrics = GatewayMetrics()
     runtime = GatewayRuntime(
         settings=settings,
@@ -147,6 +159,7 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
         catalog=catalog,
         engines=builder.engines,
         forwarder=Forwarder(catalog, builder.engines, http, metrics),
+        adapters=adapters,
     )
     for engine in builder.engines.values():
         await engine.start()

@@ -91,6 +91,16 @@ class Settings(BaseSettings):
         description='Further base models, as JSON: [{"id", "hf_dir", "gguf", "gguf_id"}].',
     )
 
+    adapter_import_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Folders adapters may be imported from by path (POST /v1/adapters).",
+    )
+    max_upload_bytes: int = Field(
+        1024 * 1024 * 1024,
+        gt=0,
+        description="Largest upload (adapters, datasets) accepted (413 above).",
+    )
+
     # --- vLLM ---------------------------------------------------------------
     vllm_enabled: bool = Field(True, description="Serve HF checkpoints and adapters on vLLM.")
     vllm_url: str | None = Field(
@@ -151,6 +161,11 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @field_validator("adapter_import_dirs")
+    @classmethod
+    def _absolute_dirs(cls, value: list[Path]) -> list[Path]:
+        return [path.expanduser().resolve() for path in value]
+
     # --- derived paths ------------------------------------------------------
     @property
     def models_dir(self) -> Path:
@@ -159,6 +174,10 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.data_root / "runs"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_root / "adapters"
 
     @classmethod
     def settings_customise_sources(

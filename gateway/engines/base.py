@@ -63,6 +63,9 @@ class Engine(Protocol):
     async def upstream_for(self, entry: ModelEntry) -> Upstream:
         """The upstream for ``entry``; raises ``EngineUnavailableError`` while it is down."""
 
+    async def release(self, entry: ModelEntry) -> None:
+        """Stop serving ``entry`` (unload an adapter, stop a model's process)."""
+
     def statuses(self) -> list[EngineStatus]: ...
 
     def ready(self) -> bool:

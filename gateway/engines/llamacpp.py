@@ -90,8 +90,8 @@ class LlamaCppEngine:
                 )
         return Upstream(process.spec.base_url)
 
-    async def unload(self, model_id: str) -> None:
-        process = self._processes.pop(model_id, None)
+    async def release(self, entry: ModelEntry) -> None:
+        process = self._processes.pop(entry.id, None)
         if process is not None:
             await process.stop()
 

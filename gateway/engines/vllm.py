@@ -16,6 +16,7 @@ import httpx
 
 from gateway.catalog import ModelEntry
 from gateway.engines.base import EngineState, EngineStatus, Upstream
+from gateway.engines.lora_slots import LoraSlots
 from gateway.engines.process import Backoff, ProcessSpec, SupervisedProcess, free_port
 from gateway.errors import EngineUnavailableError
 from gateway.settings import Settings
@@ -92,8 +93,10 @@ class ManagedVllmEngine:
             http,
             Backoff(settings.restart_backoff_initial_s, settings.restart_backoff_max_s),
             settings.engine_stop_timeout_s,
+            on_ready=self._reload_adapters,
         )
         self._upstream = Upstream(spec.base_url)
+        self.loras = LoraSlots(http, settings.vllm_max_cpu_loras)
 
     async def start(self) -> None:
         self.process.start()
@@ -107,7 +110,21 @@ class ManagedVllmEngine:
                 f"The vLLM engine for '{entry.id}' is {self.process.state.value}; retry shortly.",
                 retry_after_s=self.process.retry_after_s(),
             )
+        await _load_if_adapter(self.loras, self._upstream, entry)
         return self._upstream
+
+    async def release(self, entry: ModelEntry) -> None:
+        if self.process.ready():
+            await self.loras.unload(self._upstream.base_url, self._upstream.headers, entry.id)
+        else:
+            self.loras.forget(entry.id)
+
+    async def _reload_adapters(self) -> None:
+        """A (re)started server has no adapters: load again those that were warm."""
+        for name, path in self.loras.forget_all():
+            await self.loras.ensure_loaded(
+                self._upstream.base_url, self._upstream.headers, name, path
+            )
 
     def ready(self) -> bool:
         return self.process.ready()
@@ -121,7 +138,7 @@ class ManagedVllmEngine:
                 url=self.process.spec.base_url,
                 pid=self.process.pid,
                 restarts=self.process.restarts,
-                models=(self.model_id,),
+                models=(self.model_id, *self.loras.loaded()),
                 detail=self.process.last_error,
             )
         ]
@@ -145,6 +162,7 @@ class ExternalVllmEngine:
         self._http = http
         self._healthy = False
         self._detail: str | None = None
+        self.loras = LoraSlots(http, settings.vllm_max_cpu_loras)
 
     async def start(self) -> None:
         await self.refresh()
@@ -165,7 +183,11 @@ class ExternalVllmEngine:
         return self._healthy
 
     async def upstream_for(self, entry: ModelEntry) -> Upstream:
+        await _load_if_adapter(self.loras, self._upstream, entry)
         return self._upstream
+
+    async def release(self, entry: ModelEntry) -> None:
+        await self.loras.unload(self._upstream.base_url, self._upstream.headers, entry.id)
 
     def ready(self) -> bool:
         return self._healthy
@@ -173,3 +195,8 @@ class ExternalVllmEngine:
     def statuses(self) -> list[EngineStatus]:
         state = EngineState.READY if self._healthy else EngineState.STARTING
         return [EngineStatus(self.key, FAMILY, state, url=self.base_url, detail=self._detail)]
+
+
+async def _load_if_adapter(loras: LoraSlots, upstream: Upstream, entry: ModelEntry) -> None:
+    if entry.kind == "adapter" and entry.weights is not None:
+        await loras.ensure_loaded(upstream.base_url, upstream.headers, entry.id, entry.weights)

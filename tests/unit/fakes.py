@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from adapters.registry import AdapterRegistry
+from gateway.adapter_service import AdapterService
 from gateway.catalog import ModelCatalog, ModelEntry
 from gateway.engines.base import EngineState, EngineStatus, Upstream
 from gateway.errors import EngineUnavailableError
@@ -15,6 +17,7 @@ from gateway.forwarding import Forwarder
 from gateway.metrics import GatewayMetrics
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
+from tests.unit.adapter_factory import write_base
 
 SSE_BODY = (
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
@@ -60,10 +63,18 @@ class FakeEngine:
 
     async def stop(self) -> None: ...
 
+    loaded: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+
     async def upstream_for(self, entry: ModelEntry) -> Upstream:
         if not self.up:
             raise EngineUnavailableError("engine restarting", retry_after_s=7)
+        if entry.kind == "adapter" and entry.id not in self.loaded:
+            self.loaded.append(entry.id)
         return Upstream(self.url)
+
+    async def release(self, entry: ModelEntry) -> None:
+        self.released.append(entry.id)
 
     def ready(self) -> bool:
         return self.up
@@ -93,6 +104,7 @@ class FakeUpstream:
 
 
 def fake_runtime(settings: Settings, upstream: FakeUpstream) -> GatewayRuntime:
+    """Fake engines for two bases; the adapter registry is real, on a tiny base config."""
     http = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
     catalog = ModelCatalog()
     engines = {
@@ -101,6 +113,14 @@ def fake_runtime(settings: Settings, upstream: FakeUpstream) -> GatewayRuntime:
     }
     catalog.add(ModelEntry("base", "base", "vllm", "vllm/base", None))
     catalog.add(ModelEntry("base-gguf", "base", "llama.cpp", "llama.cpp", None))
+    registry = AdapterRegistry(
+        settings.adapters_dir,
+        import_roots=settings.adapter_import_dirs,
+        bases={"base": write_base(settings.data_root / "models" / "base")},
+        max_rank=settings.vllm_max_lora_rank,
+    )
+    adapters = AdapterService(registry, catalog, engines)  # type: ignore[arg-type]
+    adapters.load_registered()
     metrics = GatewayMetrics()
     return GatewayRuntime(
         settings=settings,
@@ -109,4 +129,5 @@ def fake_runtime(settings: Settings, upstream: FakeUpstream) -> GatewayRuntime:
         catalog=catalog,
         engines=engines,  # type: ignore[arg-type]
         forwarder=Forwarder(catalog, engines, http, metrics),  # type: ignore[arg-type]
+        adapters=adapters,
     )
