@@ -55,8 +55,14 @@ def vllm_argv(settings: Settings, model_id: str, hf_dir: Path, port: int) -> lis
     return argv + list(settings.vllm_extra_args)
 
 
+# Holds a sitecustomize.py that fixes a LoRA bug of vLLM's CPU kernels in every
+# engine process (see that file).
+_SITE_DIR = Path(__file__).with_name("vllm_site")
+
+
 def vllm_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_SITE_DIR), env.get("PYTHONPATH")) if p)
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.vllm_kvcache_gib))
     # Never reach for a model hub: every weight is local.

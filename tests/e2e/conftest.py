@@ -7,14 +7,17 @@ check is exercised by every request.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
 
 from gateway.settings import EMBEDDED_MODEL_ID
 from tests.support.gateway_process import GatewayProcess, start_gateway
+from tests.support.training import DATA, train_adapters
 
 API_KEY = "e2e-key"
 BASE = EMBEDDED_MODEL_ID
@@ -23,9 +26,22 @@ STARTUP_TIMEOUT_S = float(os.environ.get("TUNEGATE_E2E_STARTUP_TIMEOUT_S", "900"
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def import_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder adapters may be imported from by path."""
+    return tmp_path_factory.mktemp("imports")
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory, import_dir: Path) -> Iterator[GatewayProcess]:
     data_root = tmp_path_factory.mktemp("data-root")
-    running = start_gateway(data_root, "--restart-backoff-initial-s", "0.5", api_key=API_KEY)
+    running = start_gateway(
+        data_root,
+        "--restart-backoff-initial-s",
+        "0.5",
+        "--adapter-import-dirs",
+        json.dumps([str(import_dir)]),
+        api_key=API_KEY,
+    )
     try:
         running.wait_ready(STARTUP_TIMEOUT_S)
         yield running
@@ -36,6 +52,27 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 @pytest.fixture(scope="session")
 def client(gateway: GatewayProcess) -> openai.OpenAI:
     return gateway.client()
+
+
+@pytest.fixture(scope="session")
+def trained_adapters(gateway: GatewayProcess, import_dir: Path) -> dict[str, str]:
+    """Two adapters with clearly different behaviour, trained now on SmolLM2 and registered.
+
+    One answers in a fixed JSON shape, one starts every answer with "Ahoy!".
+    Returns behaviour name -> adapter id.
+    """
+    trained = train_adapters(
+        {name: (DATA / f"{name}_answers.jsonl", import_dir / name) for name in ("json", "ahoy")}
+    )
+    ids = {}
+    with gateway.http() as http:
+        for name, folder in trained.items():
+            response = http.post(
+                "/v1/adapters", json={"path": str(folder), "base": BASE, "suffix": name}
+            )
+            assert response.status_code == 201, response.text
+            ids[name] = response.json()["id"]
+    return ids
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -50,7 +50,16 @@ def test_kill_9_llamacpp_is_restarted(gateway, client):
     _kill_and_wait_back(gateway, client, "llama.cpp", BASE_GGUF)
 
 
-def test_kill_9_vllm_is_restarted(gateway, client):
+def test_kill_9_vllm_is_restarted_with_its_adapters(gateway, client, trained_adapters):
     _kill_and_wait_back(gateway, client, "vllm", BASE)
-    # Nothing of the killed engine is left behind.
     gateway.wait_ready(timeout_s=60)
+    # The adapters answer again, with their own behaviour, without any user action.
+    for name, adapter_id in trained_adapters.items():
+        reply = client.chat.completions.create(
+            model=adapter_id,
+            messages=[{"role": "user", "content": "What do cats eat?"}],
+            max_tokens=16,
+            temperature=0,
+        )
+        expected = '{"answer"' if name == "json" else "Ahoy"
+        assert reply.choices[0].message.content.strip().startswith(expected)
