@@ -49,7 +49,7 @@ class BaseShape:
 
 # module name -> (in_features, out_features) for the decoder layers of
 # Llama-family models (Llama, Mistral, Qwen2, SmolLM...).
-_MODULE_DIMS: dict[str, Callable[[BaseShape], tuple[int, int]]] = {
+MODULE_DIMS: dict[str, Callable[[BaseShape], tuple[int, int]]] = {
     "q_proj": lambda b: (b.hidden, b.q_out),
     "k_proj": lambda b: (b.hidden, b.kv_out),
     "v_proj": lambda b: (b.hidden, b.kv_out),
@@ -68,13 +68,13 @@ def check_fits_base(
         if match is None:
             raise InvalidAdapterError(f"Tensor '{name}' is not a LoRA weight of a decoder layer.")
         module, ab = match["module"], match["ab"]
-        if module not in _MODULE_DIMS:
+        if module not in MODULE_DIMS:
             raise InvalidAdapterError(f"The adapter targets '{module}', which '{base_id}' lacks.")
         if int(match["layer"]) >= base.layers:
             raise InvalidAdapterError(
                 f"The adapter has layer {match['layer']}; '{base_id}' has {base.layers} layers."
             )
-        in_features, out_features = _MODULE_DIMS[module](base)
+        in_features, out_features = MODULE_DIMS[module](base)
         expected = (rank, in_features) if ab == "A" else (out_features, rank)
         if info.shape != expected:
             raise InvalidAdapterError(

@@ -14,11 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from tests.bench.suites import Row, gateway_overhead, real_engines
+from tests.bench.suites import Row, adapters, gateway_overhead, real_engines
 
 
 def render(rows: list[Row]) -> str:
-    columns = f"{'suite':<17} {'metric':<24} {'direct':>10} {'gateway':>10} {'ratio':>7}"
+    columns = f"{'suite':<17} {'metric':<24} {'baseline':>10} {'measured':>10} {'ratio':>7}"
     header = f"{columns}  {'goal':<28} met"
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -36,12 +36,16 @@ async def run(suite: str, quick: bool) -> list[Row]:
         rows += await gateway_overhead(rounds=200 if quick else 1000, duration_s=2 if quick else 6)
     if suite in ("engines", "all"):
         rows += await real_engines(rounds=10 if quick else 30)
+    if suite in ("adapters", "all"):
+        rows += await adapters(rounds=9 if quick else 18, duration_s=8 if quick else 20)
     return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
-    parser.add_argument("--suite", choices=("overhead", "engines", "all"), default="all")
+    parser.add_argument(
+        "--suite", choices=("overhead", "engines", "adapters", "all"), default="all"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     parser.add_argument("--out", type=Path, default=Path("var/bench/results.json"))
     args = parser.parse_args()
@@ -53,7 +57,10 @@ def main() -> int:
     except ImportError:
         rows = asyncio.run(run(args.suite, args.quick))
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    print(f"\ntunegate benchmarks ({machine}); gateway and direct measured side by side\n")
+    print(f"\ntunegate benchmarks ({machine}), measured side by side in this run.")
+    print(
+        "baseline: direct to the engine, or the first thing a metric names; measured: the other.\n"
+    )
     print(render(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(

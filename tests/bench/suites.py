@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -15,10 +18,18 @@ import httpx
 
 from gateway.engines.process import free_port
 from gateway.settings import EMBEDDED_MODEL_ID
-from tests.bench.load import closed_loop_rps, interleaved_latency, interleaved_streams
-from tests.support.gateway_process import GatewayProcess, start_gateway
+from tests.bench.load import (
+    closed_loop_rps,
+    interleaved_latency,
+    interleaved_streams,
+    new_client,
+    stream_once,
+)
+from tests.support.adapter_factory import write_adapter
+from tests.support.gateway_process import REPO, GatewayProcess, start_gateway
 
 CHAT_PATH = "/v1/chat/completions"
+BASE_CONFIG = REPO / "var" / "models" / EMBEDDED_MODEL_ID / "config.json"
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
@@ -237,3 +248,97 @@ async def real_engines(rounds: int) -> list[Row]:
                 ),
             ]
     return rows
+
+
+async def adapters(rounds: int, duration_s: float) -> list[Row]:
+    """Cold vs warm first request to an adapter; several adapters mixed vs one."""
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="tunegate-bench-adapters-") as imports:
+        count = max(3, rounds // 3)
+        folders = [
+            write_adapter(
+                Path(imports) / f"a{i}",
+                rank=8,
+                base_config=BASE_CONFIG,
+                seed=i,
+                modules=(
+                    "q_proj",
+                    "k_proj",
+                    "v_proj",
+                    "o_proj",
+                    "gate_proj",
+                    "up_proj",
+                    "down_proj",
+                ),
+            )
+            for i in range(count + 4)
+        ]
+        with running_gateway("--adapter-import-dirs", json.dumps([imports])) as gateway:
+            ids = [_register(gateway, folder, f"bench{i}") for i, folder in enumerate(folders)]
+            chat = gateway.api_url + "/chat/completions"
+            body = {"messages": PROMPT, "max_tokens": 4, "temperature": 0}
+            async with new_client(8) as client:
+                await stream_once(client, chat, {}, {**body, "model": EMBEDDED_MODEL_ID})
+                cold, warm, base = [], [], []
+                for adapter_id in ids[:count]:
+                    first = await stream_once(client, chat, {}, {**body, "model": adapter_id})
+                    again = await stream_once(client, chat, {}, {**body, "model": adapter_id})
+                    plain = await stream_once(
+                        client, chat, {}, {**body, "model": EMBEDDED_MODEL_ID}
+                    )
+                    cold.append(first.ttft_ms)
+                    warm.append(again.ttft_ms)
+                    base.append(plain.ttft_ms)
+            cold_ms, warm_ms = statistics.median(cold), statistics.median(warm)
+            rows += [
+                Row(
+                    "adapters",
+                    "TTFT warm vs cold",
+                    warm_ms,
+                    cold_ms,
+                    "ms",
+                    f"cold ≤ warm + 150 ms (+{cold_ms - warm_ms:.0f})",
+                    cold_ms <= warm_ms + 150,
+                ),
+                Row("adapters", "TTFT base vs warm", statistics.median(base), warm_ms, "ms"),
+            ]
+            mixed_ids = ids[count : count + 4]
+            long = {"messages": STORY, "max_tokens": 16, "temperature": 0}
+            one = await _tokens_per_s(chat, [mixed_ids[0]], long, duration_s)
+            mixed = await _tokens_per_s(chat, mixed_ids, long, duration_s)
+            rows.append(Row("adapters", "tokens/s 1 vs 4 mixed, c=8", one, mixed, "tok/s"))
+    return rows
+
+
+def _register(gateway: GatewayProcess, folder: Path, suffix: str) -> str:
+    with gateway.http() as http:
+        response = http.post(
+            "/v1/adapters", json={"path": str(folder), "base": EMBEDDED_MODEL_ID, "suffix": suffix}
+        )
+        response.raise_for_status()
+        return response.json()["id"]
+
+
+async def _tokens_per_s(url: str, models: list[str], body: dict, duration_s: float) -> float:
+    """Completion tokens/s with 8 clients, each cycling through ``models``."""
+    tokens = 0
+    stop_at = time.perf_counter() + duration_s
+
+    async def worker(client: httpx.AsyncClient, offset: int) -> None:
+        nonlocal tokens
+        turn = offset
+        while time.perf_counter() < stop_at:
+            model = models[turn % len(models)]
+            turn += 1
+            response = await client.post(url, json={**body, "model": model})
+            response.raise_for_status()
+            tokens += response.json()["usage"]["completion_tokens"]
+
+    async with new_client(8) as client:
+        for model in models:  # warm: every adapter loaded
+            (
+                await client.post(url, json={**body, "model": model, "max_tokens": 1})
+            ).raise_for_status()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client, i) for i in range(8)))
+        return tokens / (time.perf_counter() - started)

@@ -17,7 +17,7 @@ from gateway.forwarding import Forwarder
 from gateway.metrics import GatewayMetrics
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
-from tests.unit.adapter_factory import write_base
+from tests.support.adapter_factory import write_base
 
 SSE_BODY = (
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'

@@ -12,7 +12,7 @@ from adapters.errors import AdapterExistsError, AdapterNotFoundError, InvalidAda
 from adapters.naming import check_lookup_name, make_adapter_id, parse_adapter_id
 from adapters.registry import AdapterRegistry, RegisterRequest
 from gateway.errors import InvalidRequestError
-from tests.unit.adapter_factory import write_adapter, write_base
+from tests.support.adapter_factory import write_adapter, write_base
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.unit.adapter_factory import write_adapter
+from tests.support.adapter_factory import write_adapter
 from tests.unit.test_routing import assert_openai_error
 
 

@@ -1,4 +1,4 @@
-"""Synthetic LoRA adapters and base configs for fast registry tests (no training)."""
+"""Synthetic LoRA adapters and base configs, for registry tests and benchmarks (no training)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
+
+from adapters.architecture import MODULE_DIMS, BaseShape
 
 TINY_BASE = {
     "architectures": ["LlamaForCausalLM"],
@@ -45,17 +47,32 @@ def write_adapter(
     hidden: int = 64,
     layers: int = 2,
     config_overrides: dict[str, object] | None = None,
+    base_config: Path | None = None,
+    seed: int | None = None,
 ) -> Path:
+    """A LoRA with zero weights for TINY_BASE (scaled by ``hidden``), or, given
+    ``base_config``, small random weights that fit that base."""
     folder.mkdir(parents=True, exist_ok=True)
+    dims = dict(_DIMS)
+    if base_config is not None:
+        shape = BaseShape.from_config_file(base_config)
+        dims = {m: f(shape) for m, f in MODULE_DIMS.items()}
+        layers, hidden = shape.layers, 64
     scale = hidden / 64
+    rng = np.random.default_rng(seed)
     tensors = {}
     for layer in range(layers):
         for module in modules:
             block = "mlp" if module.endswith(("gate_proj", "up_proj", "down_proj")) else "self_attn"
-            in_f, out_f = (int(d * scale) for d in _DIMS[module])
+            in_f, out_f = (int(d * scale) for d in dims[module])
             prefix = f"base_model.model.model.layers.{layer}.{block}.{module}"
-            tensors[f"{prefix}.lora_A.weight"] = np.zeros((rank, in_f), dtype=np.float32)
-            tensors[f"{prefix}.lora_B.weight"] = np.zeros((out_f, rank), dtype=np.float32)
+            a = np.zeros((rank, in_f), dtype=np.float32)
+            b = np.zeros((out_f, rank), dtype=np.float32)
+            if seed is not None:
+                a = rng.normal(0, 0.02, a.shape).astype(np.float32)
+                b = rng.normal(0, 0.02, b.shape).astype(np.float32)
+            tensors[f"{prefix}.lora_A.weight"] = a
+            tensors[f"{prefix}.lora_B.weight"] = b
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     config = {
         "peft_type": "LORA",
