@@ -21,7 +21,7 @@ _PART = r"[a-z0-9][a-z0-9_-]{0,63}"
 _UNIQUE = r"[a-z0-9][a-z0-9-]{0,63}"
 NAME_PATTERN = re.compile(rf"^{_PART}$")
 ADAPTER_ID_PATTERN = re.compile(
-    rf"^ft:(?P<base>{_BASE}):(?P<owner>{_PART}):(?P<suffix>{_PART}):(?P<unique>{_UNIQUE})$"
+    rf"^ft:(?P<base>{_BASE}):(?P<owner>{_PART}):(?P<suffix>{_PART})?:(?P<unique>{_UNIQUE})$"
 )
 DEFAULT_OWNER = "local"
 
@@ -30,7 +30,7 @@ DEFAULT_OWNER = "local"
 class AdapterId:
     base: str
     owner: str
-    suffix: str
+    suffix: str  # may be empty, as in OpenAI's ids of jobs created without a suffix
     unique: str
 
     def __str__(self) -> str:
@@ -39,7 +39,18 @@ class AdapterId:
 
 def parse_adapter_id(text: str) -> AdapterId | None:
     match = ADAPTER_ID_PATTERN.match(text)
-    return AdapterId(**match.groupdict()) if match else None
+    if match is None:
+        return None
+    parts = match.groupdict()
+    return AdapterId(parts["base"], parts["owner"], parts["suffix"] or "", parts["unique"])
+
+
+def normalise_suffix(suffix: str | None) -> str:
+    """A user's suffix as a name: lowercase, other characters as '-', at most 64 long."""
+    if not suffix:
+        return ""
+    cleaned = re.sub(r"[^a-z0-9_-]+", "-", suffix.lower()).strip("-_")[:64]
+    return check_name(cleaned, "suffix") if cleaned else check_name(suffix, "suffix")
 
 
 def check_name(value: str, param: str) -> str:
@@ -68,7 +79,8 @@ def new_unique_part(prefix: str = "imp") -> str:
 
 
 def make_adapter_id(base: str, suffix: str, unique: str, owner: str = DEFAULT_OWNER) -> AdapterId:
-    adapter_id = AdapterId(base, check_name(owner, "owner"), check_name(suffix, "suffix"), unique)
+    suffix = check_name(suffix, "suffix") if suffix else ""
+    adapter_id = AdapterId(base, check_name(owner, "owner"), suffix, unique)
     if parse_adapter_id(str(adapter_id)) is None:
         raise InvalidRequestError(f"'{base}' cannot be part of an adapter id.", param="base")
     return adapter_id

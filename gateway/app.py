@@ -10,14 +10,14 @@ from fastapi import FastAPI
 
 from gateway.error_handlers import install_error_handlers
 from gateway.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from gateway.routes import adapters, inference, operations
+from gateway.routes import adapters, files, fine_tunes, fine_tuning, inference, operations
 from gateway.runtime import build_runtime
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Routes that take files: they get max_upload_bytes instead of max_request_bytes.
-UPLOAD_PATHS = ("/v1/adapters",)
+UPLOAD_PATHS = ("/v1/adapters", "/v1/files", "/v1/fine_tunes")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -41,6 +41,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(inference.router)
     app.include_router(adapters.router)
+    app.include_router(files.router)
+    app.include_router(fine_tuning.router)
+    app.include_router(fine_tunes.router)
     app.include_router(operations.router)
     # Added last = runs first: the key is checked before the body is read.
     app.add_middleware(

@@ -59,6 +59,7 @@ class ModelCatalog:
         self._aliases: dict[str, set[str]] = {}
 
     def add(self, entry: ModelEntry, alias: str | None = None) -> None:
+        """Add ``entry``; an empty alias adds none."""
         if entry.id in self._entries:
             raise ConflictError(f"The model id '{entry.id}' is already in use.", param="model")
         self._entries[entry.id] = entry

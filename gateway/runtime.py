@@ -22,6 +22,10 @@ from gateway.catalog import ModelCatalog, ModelEntry
 from gateway.engines.base import Engine, EngineStatus
 from gateway.engines.llamacpp import LlamaCppEngine
 from gateway.engines.vllm import ExternalVllmEngine, ManagedVllmEngine
+from gateway.finetune.database import open_database
+from gateway.finetune.files import FileStore
+from gateway.finetune.jobs_store import JobStore
+from gateway.finetune.service import FineTuningService
 from gateway.forwarding import Forwarder
 from gateway.metrics import GatewayMetrics
 from gateway.settings import BaseModelSpec, Settings
@@ -38,6 +42,7 @@ class GatewayRuntime:
     engines: dict[str, Engine]
     forwarder: Forwarder
     adapters: AdapterService
+    fine_tuning: FineTuningService
     draining: bool = False
 
     def engine_statuses(self) -> list[EngineStatus]:
@@ -56,6 +61,7 @@ class GatewayRuntime:
 
     async def close(self) -> None:
         self.draining = True
+        await self.fine_tuning.stop()
         await asyncio.gather(*(e.stop() for e in self.engines.values()), return_exceptions=True)
         await self.http.aclose()
 
@@ -152,15 +158,28 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
     adapters = AdapterService(registry, catalog, builder.engines)
     adapters.load_registered()
     metrics = GatewayMetrics()
+    forwarder = Forwarder(catalog, builder.engines, http, metrics)
+    database = open_database(settings.data_root / "jobs.sqlite")
+    fine_tuning = FineTuningService(
+        settings,
+        JobStore(database),
+        FileStore(database, settings.data_root / "files", settings.max_upload_bytes),
+        adapters,
+        catalog,
+        forwarder,
+        base_dirs={s.id: s.hf_dir for s in specs if s.hf_dir is not None},
+    )
     runtime = GatewayRuntime(
         settings=settings,
         http=http,
         metrics=metrics,
         catalog=catalog,
         engines=builder.engines,
-        forwarder=Forwarder(catalog, builder.engines, http, metrics),
+        forwarder=forwarder,
         adapters=adapters,
+        fine_tuning=fine_tuning,
     )
+    fine_tuning.start()
     for engine in builder.engines.values():
         await engine.start()
     log.info("serving %s", ", ".join(e.id for e in catalog.entries()))

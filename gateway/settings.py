@@ -101,6 +101,14 @@ class Settings(BaseSettings):
         description="Largest upload (adapters, datasets) accepted (413 above).",
     )
 
+    # --- fine-tuning ----------------------------------------------------------
+    finetune_min_examples: int = Field(
+        5, ge=1, description="Fewest usable training examples a fine-tuning job accepts."
+    )
+    finetune_max_length: int = Field(
+        2048, gt=0, description="Longest example in tokens; longer ones fail the data checks."
+    )
+
     # --- vLLM ---------------------------------------------------------------
     vllm_enabled: bool = Field(True, description="Serve HF checkpoints and adapters on vLLM.")
     vllm_url: str | None = Field(

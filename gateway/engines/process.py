@@ -68,7 +68,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: SIGKILL it when the gateway dies."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -188,7 +188,7 @@ class SupervisedProcess:
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         self._run = _Run(process)
         log.info("%s starting (pid %s): %s", self.spec.name, process.pid, " ".join(self.spec.argv))
@@ -215,7 +215,7 @@ class SupervisedProcess:
         if run is None:
             return
         pgid = run.process.pid  # leader of its own session
-        _signal_group(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
         try:
             await asyncio.wait_for(run.process.wait(), self._stop_timeout_s)
         except TimeoutError:
@@ -223,7 +223,7 @@ class SupervisedProcess:
                 "%s did not stop in %.0fs; killing it", self.spec.name, self._stop_timeout_s
             )
         # Children (vLLM's EngineCore) may outlive the leader: kill the group.
-        _signal_group(pgid, signal.SIGKILL)
+        signal_group(pgid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             await run.process.wait()
 
@@ -237,6 +237,6 @@ class _StartFailed(Exception):
     pass
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapters.errors import AdapterExistsError, AdapterNotFoundError, InvalidAdapterError
-from adapters.naming import check_lookup_name, make_adapter_id, parse_adapter_id
+from adapters.naming import check_lookup_name, make_adapter_id, normalise_suffix, parse_adapter_id
 from adapters.registry import AdapterRegistry, RegisterRequest
 from gateway.errors import InvalidRequestError
 from tests.support.adapter_factory import write_adapter, write_base
@@ -40,7 +40,10 @@ def test_ids_have_the_openai_form():
     adapter_id = make_adapter_id("smollm2-135m-instruct", "jsonbot", "ftjob-abc123")
     assert str(adapter_id) == "ft:smollm2-135m-instruct:local:jsonbot:ftjob-abc123"
     assert parse_adapter_id(str(adapter_id)) == adapter_id
-    for bad in ("Bad Suffix", "../x", "a/b", "", "x" * 65, "a\x00b", ":"):
+    assert str(make_adapter_id("base", "", "ftjob-1")) == "ft:base:local::ftjob-1"  # no suffix
+    assert parse_adapter_id("ft:base:local::ftjob-1").suffix == ""
+    assert normalise_suffix("My Bot!") == "my-bot" and normalise_suffix(None) == ""
+    for bad in ("Bad Suffix", "../x", "a/b", "x" * 65, "a\x00b", ":"):
         with pytest.raises(InvalidRequestError):
             make_adapter_id("base", bad, "u1")
     for bad in ("../x", "/etc/passwd", "..", "a\x00", "ft:../x:local:s:u"):

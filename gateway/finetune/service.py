@@ -1,0 +1,436 @@
+"""Fine-tuning jobs from request to servable adapter.
+
+    create → validating_files (data checks, in a thread) → queued → running
+    (a trainer subprocess, one job at a time) → succeeded (adapter registered
+    and loaded, samples and results file stored) | failed | cancelled
+
+After a gateway restart, a job that was running is failed with code
+``server_restarted``; queued and validating jobs carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from adapters.naming import DEFAULT_OWNER, make_adapter_id, normalise_suffix
+from adapters.registry import RegisterRequest
+from gateway.adapter_service import AdapterService
+from gateway.catalog import ModelCatalog
+from gateway.errors import InvalidRequestError, TunegateError
+from gateway.finetune.files import FileStore
+from gateway.finetune.jobs_store import TERMINAL, JobStore, new_job_id, public
+from gateway.finetune.protocol import CreateJobRequest
+from gateway.finetune.trainer_process import TrainerProcess
+from gateway.forwarding import Forwarder
+from gateway.protocol import ChatCompletionRequest
+from gateway.settings import Settings
+from tuner import hyperparameters as hp
+from tuner.dataset import CheckedDataset, DatasetLimits, check_dataset, split_for_validation, to_jsonl
+
+log = logging.getLogger(__name__)
+
+ORGANIZATION = "org-local"
+_SAMPLE_COUNT = 3
+_PATHS = re.compile(r"(/[^\s'\"]+)+")
+
+
+class FineTuningService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        files: FileStore,
+        adapters: AdapterService,
+        catalog: ModelCatalog,
+        forwarder: Forwarder,
+        base_dirs: dict[str, Path],
+    ) -> None:
+        self._settings = settings
+        self.store = store
+        self.files = files
+        self._adapters = adapters
+        self._catalog = catalog
+        self._forwarder = forwarder
+        self._base_dirs = base_dirs
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._validations: set[asyncio.Task[None]] = set()
+        self._current: tuple[str, TrainerProcess] | None = None
+        self._cancelling: set[str] = set()
+
+    # --- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        for job in self.store.with_status("running"):
+            self._fail(job["id"], "server_restarted",
+                       "The gateway restarted while this job was running; create it again.")
+        for job in self.store.with_status("validating_files"):
+            self._spawn_validation(job["id"])
+        for job in self.store.with_status("queued"):
+            self._queue.put_nowait(job["id"])
+        self._worker = asyncio.create_task(self._work(), name="fine-tuning-worker")
+
+    async def stop(self) -> None:
+        for task in [*self._validations, *([self._worker] if self._worker else [])]:
+            task.cancel()
+        if self._current is not None:
+            await self._current[1].terminate()
+
+    # --- API --------------------------------------------------------------------
+    def create(self, request: CreateJobRequest) -> dict[str, Any]:
+        base = self._base_for(request.model)
+        self.files.get(request.training_file, "training_file")
+        if request.validation_file:
+            self.files.get(request.validation_file, "validation_file")
+        suffix = normalise_suffix(request.suffix)
+        job_id = new_job_id()
+        make_adapter_id(base, suffix, job_id)  # the eventual id must be valid
+        chosen = request.chosen_hyperparameters()
+        if chosen.lora_rank != "auto" and chosen.lora_rank > self._settings.vllm_max_lora_rank:
+            raise InvalidRequestError(
+                f"lora_rank may be at most {self._settings.vllm_max_lora_rank} (vllm_max_lora_rank).",
+                param="hyperparameters.lora_rank",
+            )
+        shown = chosen.requested()
+        job = {
+            "id": job_id,
+            "object": "fine_tuning.job",
+            "created_at": int(time.time()),
+            "error": None,
+            "fine_tuned_model": None,
+            "finished_at": None,
+            "hyperparameters": shown,
+            "model": base,
+            "organization_id": ORGANIZATION,
+            "result_files": [],
+            "seed": request.seed if request.seed is not None else int(time.time()) % 2**31,
+            "status": "validating_files",
+            "trained_tokens": None,
+            "training_file": request.training_file,
+            "validation_file": request.validation_file,
+            "integrations": [],
+            "metadata": request.metadata,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": shown}},
+            "estimated_finish": None,
+            "user_provided_suffix": request.suffix,
+            "_suffix": suffix,
+            "_requested": chosen.requested(),
+        }
+        self.store.insert(job)
+        self.store.add_event(job_id, f"Created fine-tuning job: {job_id}")
+        self._spawn_validation(job_id)
+        return public(job)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return public(self.store.get(job_id))
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        job = self.store.get(job_id)
+        if job["status"] in TERMINAL:
+            raise InvalidRequestError(
+                f"The job is already {job['status']}.", param="fine_tuning_job_id", code="job_finished"
+            )
+        self._cancelling.add(job_id)
+        if self._current is not None and self._current[0] == job_id:
+            await self._current[1].terminate()
+        self._finish_as(job_id, "cancelled")
+        self.store.add_event(job_id, "Fine-tuning job cancelled.")
+        return self.get(job_id)
+
+    # --- validation -----------------------------------------------------------
+    def _spawn_validation(self, job_id: str) -> None:
+        task = asyncio.create_task(self._validate(job_id), name=f"validate-{job_id}")
+        self._validations.add(task)
+        task.add_done_callback(self._validations.discard)
+
+    async def _validate(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        try:
+            train, train_warnings = await self._check_file(job, job["training_file"], "training_file")
+            valid: list[dict[str, Any]] = []
+            if job["validation_file"]:
+                valid, _ = await self._check_file(job, job["validation_file"], "validation_file")
+            else:
+                train, valid = split_for_validation(train, job["seed"])
+                if valid:
+                    train_warnings.append(
+                        f"Held out {len(valid)} of {len(train) + len(valid)} examples for validation."
+                    )
+        except _DatasetRejected as rejected:
+            self._fail(job_id, rejected.code, rejected.message, rejected.param)
+            return
+        if job_id in self._cancelling:
+            return
+        for warning in train_warnings:
+            self.store.add_event(job_id, warning, level="warn")
+        plan = hp.resolve(job["_requested"], len(train))
+        self._write_run_dir(job, train, valid, plan)
+        view = plan.openai_view()
+        self.store.update(
+            job_id, status="queued", hyperparameters=view,
+            method={"type": "supervised", "supervised": {"hyperparameters": view}},
+            _plan={"train": len(train), "valid": len(valid)},
+        )
+        self.store.add_event(
+            job_id, f"Files validated: {len(train)} training and {len(valid)} validation examples. "
+            f"Plan: {plan.n_epochs} epochs, batch size {plan.batch_size}, "
+            f"learning rate {plan.learning_rate:g}, LoRA rank {plan.lora_rank}."
+        )
+        self._queue.put_nowait(job_id)
+
+    async def _check_file(
+        self, job: dict[str, Any], file_id: str, param: str
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        raw = self.files.path(file_id, param).read_bytes()
+        counter = _token_counter(self._base_dirs[job["model"]])
+        limits = DatasetLimits(
+            min_examples=self._settings.finetune_min_examples if param == "training_file" else 1,
+            max_tokens=self._settings.finetune_max_length,
+        )
+        checked: CheckedDataset = await asyncio.to_thread(check_dataset, raw, limits, counter)
+        if not checked.ok:
+            raise _DatasetRejected(checked.errors[0].code, f"Invalid {param}: {checked.error_summary()}", param)
+        return checked.examples, checked.warnings
+
+    def _write_run_dir(self, job: dict[str, Any], train: list, valid: list, plan: hp.Hyperparameters) -> None:
+        run_dir = self._settings.runs_dir / job["id"]
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        (run_dir / "train.jsonl").write_bytes(to_jsonl(train))
+        if valid:
+            (run_dir / "valid.jsonl").write_bytes(to_jsonl(valid))
+        spec = {
+            "base_dir": str(self._base_dirs[job["model"]]),
+            "n_epochs": plan.n_epochs,
+            "batch_size": plan.batch_size,
+            "learning_rate": plan.learning_rate,
+            "seed": job["seed"],
+            "max_length": self._settings.finetune_max_length,
+            "lora": {"rank": plan.lora_rank, "alpha": plan.lora_alpha,
+                     "target_modules": plan.lora_target_modules},
+        }
+        (run_dir / "job.json").write_text(json.dumps(spec, indent=2))
+
+    # --- training -------------------------------------------------------------
+    async def _work(self) -> None:
+        while True:
+            job_id = await self._queue.get()
+            if self.store.get(job_id)["status"] != "queued":
+                continue
+            try:
+                await self._train(job_id)
+            except Exception:
+                log.exception("fine-tuning job %s failed unexpectedly", job_id)
+                if self.store.get(job_id)["status"] not in TERMINAL:
+                    self._fail(job_id, "internal_error", "The job failed unexpectedly.")
+
+    async def _train(self, job_id: str) -> None:
+        run_dir = self._settings.runs_dir / job_id
+        self.store.update(job_id, status="running")
+        self.store.add_event(job_id, "Fine-tuning job started.")
+        trainer = TrainerProcess(run_dir)
+        await trainer.start()
+        self._current = (job_id, trainer)
+        outcome: dict[str, Any] = {"metrics": []}
+        try:
+            async for event in trainer.events():
+                handler = self._event_handlers().get(event["type"])
+                if handler is not None:
+                    handler(job_id, event, outcome)
+            returncode = await trainer.wait()
+        finally:
+            self._current = None
+        if job_id in self._cancelling:
+            return
+        result = outcome.get("result")
+        if returncode != 0 or result is None:
+            message = _without_paths(outcome.get("error") or f"The trainer exited with status {returncode}.")
+            self._fail(job_id, "training_failed", f"Training failed: {message}")
+            return
+        await self._succeed(job_id, result, outcome["metrics"])
+
+    def _event_handlers(self) -> dict[str, Callable[[str, dict[str, Any], dict[str, Any]], None]]:
+        return {
+            "progress": self._on_progress,
+            "checkpoint": self._on_checkpoint,
+            "warning": lambda job_id, e, _: self.store.add_event(job_id, e["message"], level="warn"),
+            "error": lambda job_id, e, outcome: outcome.__setitem__("error", e.get("message")),
+            "result": lambda job_id, e, outcome: outcome.__setitem__("result", e),
+        }
+
+    def _on_progress(self, job_id: str, event: dict[str, Any], outcome: dict[str, Any]) -> None:
+        data = {k: event.get(k) for k in
+                ("step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "tokens_per_s", "eta_s")}
+        outcome["metrics"].append(data)
+        eta = event.get("eta_s")
+        self.store.add_event(
+            job_id,
+            f"Step {event['step']}/{event['total_steps']}: training loss={event['train_loss']:.4f}",
+            data=data,
+            kind="metrics",
+        )
+        if eta is not None:
+            self.store.update(job_id, estimated_finish=int(time.time() + eta))
+
+    def _on_checkpoint(self, job_id: str, event: dict[str, Any], outcome: dict[str, Any]) -> None:
+        job = self.store.get(job_id)
+        model = str(make_adapter_id(job["model"], job["_suffix"], job_id)) + f":ckpt-step-{event['step']}"
+        metrics = {
+            "step": float(event["step"]),
+            "train_loss": event.get("train_loss"),
+            "train_mean_token_accuracy": event.get("train_mean_token_accuracy"),
+            "valid_loss": event.get("valid_loss"),
+            "valid_mean_token_accuracy": event.get("valid_mean_token_accuracy"),
+            "full_valid_loss": event.get("valid_loss"),
+            "full_valid_mean_token_accuracy": event.get("valid_mean_token_accuracy"),
+        }
+        self.store.add_checkpoint(job_id, int(event["step"]), model, metrics)
+        valid = event.get("valid_loss")
+        self.store.add_event(
+            job_id,
+            f"Checkpoint at step {event['step']} (epoch {event.get('epoch')}): "
+            f"train loss {_fmt(event.get('train_loss'))}, valid loss {_fmt(valid)}",
+            data=metrics,
+        )
+        for row in reversed(outcome["metrics"]):
+            if row["step"] == event["step"]:
+                row["valid_loss"] = valid
+                row["valid_mean_token_accuracy"] = event.get("valid_mean_token_accuracy")
+                break
+
+    async def _succeed(self, job_id: str, result: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
+        job = self.store.get(job_id)
+        request = RegisterRequest(
+            folder=Path(result["adapter_dir"]),
+            base=job["model"],
+            suffix=job["_suffix"],
+            owner=DEFAULT_OWNER,
+            unique=job_id,
+            source={"job_id": job_id},
+            dataset_sha256=self.files.sha256(job["training_file"]),
+        )
+        try:
+            manifest = await self._adapters.register(request, extra_roots=(self._settings.runs_dir,))
+        except TunegateError as error:
+            self._fail(job_id, "registration_failed", f"The trained adapter was refused: {error.message}")
+            return
+        try:
+            await self._adapters.preload(manifest.id)
+        except TunegateError as error:
+            self.store.add_event(job_id, f"The adapter will load on first use: {error.message}", level="warn")
+        await self._record_samples(job_id, manifest.id, result.get("valid_loss"))
+        results = await self.files.create_from_bytes(_metrics_csv(metrics), "step_metrics.csv", "fine-tune-results")
+        self.store.update(
+            job_id,
+            status="succeeded",
+            fine_tuned_model=manifest.id,
+            finished_at=int(time.time()),
+            trained_tokens=result.get("trained_tokens"),
+            result_files=[results["id"]],
+            estimated_finish=None,
+        )
+        self.store.add_event(job_id, f"New fine-tuned model created: {manifest.id}")
+        self.store.add_event(job_id, "The job has successfully completed.")
+
+    async def _record_samples(self, job_id: str, model_id: str, valid_loss: float | None) -> None:
+        """A few held-out prompts through the base and the new adapter, side by side."""
+        run_dir = self._settings.runs_dir / job_id
+        source = run_dir / "valid.jsonl" if (run_dir / "valid.jsonl").is_file() else run_dir / "train.jsonl"
+        held_out = source.name == "valid.jsonl"
+        examples = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+        base = self.store.get(job_id)["model"]
+        for number, example in enumerate(examples[:_SAMPLE_COUNT], start=1):
+            messages = example["messages"]
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            prompt = messages[:last]
+            answers = {}
+            for label, model in (("base", base), ("fine_tuned", model_id)):
+                answers[label] = await self._complete(model, prompt)
+            self.store.add_event(
+                job_id,
+                f"{'Held-out' if held_out else 'Training'} sample {number}: "
+                f"base said {answers['base']!r}; fine-tuned said {answers['fine_tuned']!r}",
+                data={
+                    "held_out": held_out,
+                    "prompt": prompt,
+                    "expected": messages[last].get("content"),
+                    "base_answer": answers["base"],
+                    "fine_tuned_answer": answers["fine_tuned"],
+                    "valid_loss": valid_loss,
+                },
+            )
+
+    async def _complete(self, model: str, messages: list[dict[str, Any]]) -> str | None:
+        body = {"model": model, "messages": messages, "max_tokens": 64, "temperature": 0}
+        raw = json.dumps(body).encode()
+        try:
+            reply = await self._forwarder.forward(
+                "/v1/chat/completions", ChatCompletionRequest.model_validate(body), raw
+            )
+            return json.loads(reply.body)["choices"][0]["message"]["content"]
+        except (TunegateError, ValueError, KeyError, IndexError):
+            return None
+
+    # --- helpers ----------------------------------------------------------------
+    def _base_for(self, model: str) -> str:
+        if model in self._base_dirs:
+            return model
+        known = ", ".join(sorted(self._base_dirs)) or "none"
+        raise InvalidRequestError(
+            f"'{model}' cannot be fine-tuned here; base models that can: {known}.", param="model",
+            code="model_not_available",
+        )
+
+    def _fail(self, job_id: str, code: str, message: str, param: str | None = None) -> None:
+        self._finish_as(job_id, "failed", error={"code": code, "message": message, "param": param})
+        self.store.add_event(job_id, message, level="error")
+
+    def _finish_as(self, job_id: str, status: str, **changes: Any) -> None:
+        self.store.update(job_id, status=status, finished_at=int(time.time()), estimated_finish=None, **changes)
+
+
+class _DatasetRejected(Exception):
+    def __init__(self, code: str, message: str, param: str) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+def _token_counter(base_dir: Path) -> Callable[[str], int] | None:
+    tokenizer_file = base_dir / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def _metrics_csv(metrics: list[dict[str, Any]]) -> bytes:
+    out = io.StringIO()
+    columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for row in metrics:
+        writer.writerow([
+            row.get("step"), row.get("train_loss"), row.get("train_mean_token_accuracy"),
+            row.get("valid_loss", ""), row.get("valid_mean_token_accuracy", ""),
+        ])
+    return out.getvalue().encode()
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _without_paths(message: str) -> str:
+    return _PATHS.sub("<path>", message)[:500]
+

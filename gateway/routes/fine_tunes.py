@@ -1,0 +1,122 @@
+"""``/v1/fine_tunes``: upload and create a fine-tuning job in one call, for curl.
+
+    curl -F file=@data.jsonl -F model=smollm2-135m-instruct -F suffix=jsonbot \\
+         [-F n_epochs=3] [-F batch_size=4] [-F learning_rate_multiplier=1] [-F seed=0] \\
+         http://127.0.0.1:8000/v1/fine_tunes
+    curl http://127.0.0.1:8000/v1/fine_tunes/ftjob-...
+    curl -N "http://127.0.0.1:8000/v1/fine_tunes/ftjob-.../events?stream=true"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from gateway.error_handlers import describe_validation_errors
+from gateway.errors import InvalidRequestError
+from gateway.finetune.jobs_store import TERMINAL
+from gateway.finetune.protocol import CreateJobRequest
+from gateway.routes.deps import runtime_of
+from gateway.routes.files import read_upload
+
+router = APIRouter(tags=["fine-tuning"])
+
+_HYPERPARAMETER_FIELDS = ("n_epochs", "batch_size", "learning_rate_multiplier", "lora_rank", "lora_alpha")
+_POLL_S = 0.5
+_UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "model"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "model": {"type": "string"},
+                        "suffix": {"type": "string"},
+                        "validation_file": {"type": "string"},
+                        "seed": {"type": "integer"},
+                        **{name: {"type": "string"} for name in _HYPERPARAMETER_FIELDS},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/v1/fine_tunes", openapi_extra=_UPLOAD_SCHEMA)
+async def create_fine_tune(request: Request) -> dict[str, Any]:
+    service = runtime_of(request).fine_tuning
+    upload, fields = await read_upload(request)
+    hyperparameters = {k: _number_or_auto(fields[k]) for k in _HYPERPARAMETER_FIELDS if k in fields}
+    try:
+        job_request = CreateJobRequest.model_validate({
+            "model": fields.get("model"),
+            "training_file": "pending",
+            "validation_file": fields.get("validation_file") or None,
+            "suffix": fields.get("suffix") or None,
+            "seed": fields.get("seed") or None,
+            "hyperparameters": hyperparameters,
+        })
+    except ValidationError as exc:
+        message, param, code = describe_validation_errors(exc.errors())
+        raise InvalidRequestError(message, param=param, code=code) from None
+    try:
+        stored = await service.files.create(upload.file, upload.filename or "data.jsonl", "fine-tune")
+    finally:
+        await upload.close()
+    return service.create(job_request.model_copy(update={"training_file": stored["id"]}))
+
+
+@router.get("/v1/fine_tunes/{job_id}")
+async def retrieve_fine_tune(job_id: str, request: Request) -> dict[str, Any]:
+    return runtime_of(request).fine_tuning.get(job_id)
+
+
+@router.get("/v1/fine_tunes/{job_id}/events", response_model=None)
+async def fine_tune_events(
+    job_id: str, request: Request, stream: bool = False
+) -> dict[str, Any] | StreamingResponse:
+    """Events oldest first; with ``stream=true``, as SSE until the job ends."""
+    store = runtime_of(request).fine_tuning.store
+    store.get(job_id)
+    if not stream:
+        return {"object": "list", "data": [e for _, e in store.events_since(job_id, 0)]}
+    return StreamingResponse(_follow(request, job_id), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+async def _follow(request: Request, job_id: str) -> AsyncIterator[bytes]:
+    store = runtime_of(request).fine_tuning.store
+    seen = 0
+    while True:
+        for seq, event in store.events_since(job_id, seen):
+            seen = seq
+            yield b"data: " + json.dumps(event).encode() + b"\n\n"
+        job = store.get(job_id)
+        if job["status"] in TERMINAL:
+            final = {k: job[k] for k in ("id", "status", "fine_tuned_model", "error")}
+            yield b"event: job\ndata: " + json.dumps(final).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            return
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(_POLL_S)
+
+
+def _number_or_auto(value: str) -> Any:
+    if value == "auto":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return value  # validation says what is wrong
+    return int(number) if number.is_integer() else number

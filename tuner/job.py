@@ -1,0 +1,247 @@
+"""One fine-tuning job, run as a subprocess of the gateway.
+
+    python -m tuner.job RUN_DIR
+
+``RUN_DIR/job.json`` says what to train (written by the gateway); the cleaned
+``train.jsonl`` and optional ``valid.jsonl`` lie beside it. Progress goes to
+the gateway as JSON lines on stdout, each one event:
+
+    {"type": "progress", "step", "total_steps", "epoch", "train_loss", "tokens_per_s", "eta_s"}
+    {"type": "checkpoint", "step", "epoch", "train_loss", "train_mean_token_accuracy",
+     "valid_loss", "valid_mean_token_accuracy"}
+    {"type": "warning", "message"}
+    {"type": "result", "adapter_dir", "steps", "trained_tokens", "train_loss", "valid_loss"}
+
+Everything the libraries print goes to stderr (the run's log). The adapter
+saved is the checkpoint with the lowest validation loss when there is
+validation data, else the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from tuner.sft import LoraOptions, to_prompt_completion
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    base_dir: Path
+    run_dir: Path
+    n_epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    lora: LoraOptions
+    max_length: int
+
+    @property
+    def train_file(self) -> Path:
+        return self.run_dir / "train.jsonl"
+
+    @property
+    def valid_file(self) -> Path:
+        return self.run_dir / "valid.jsonl"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.run_dir / "adapter"
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path) -> JobSpec:
+        data = json.loads((run_dir / "job.json").read_text())
+        lora = data["lora"]
+        return cls(
+            base_dir=Path(data["base_dir"]),
+            run_dir=run_dir,
+            n_epochs=data["n_epochs"],
+            batch_size=data["batch_size"],
+            learning_rate=data["learning_rate"],
+            seed=data["seed"],
+            lora=LoraOptions(lora["rank"], lora["alpha"], 0.0, lora["target_modules"]),
+            max_length=data["max_length"],
+        )
+
+
+class EventSink:
+    """Writes one JSON event per line to the stream the gateway reads."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def emit(self, kind: str, **data: Any) -> None:
+        self._stream.write(json.dumps({"type": kind, **data}) + "\n")
+        self._stream.flush()
+
+
+def _load_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as lines:
+        return [to_prompt_completion(json.loads(line)) for line in lines if line.strip()]
+
+
+def make_callback(events: EventSink):  # the transformers import stays inside run()
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        """Turns the trainer's logs into progress, checkpoint and warning events."""
+
+        def __init__(self) -> None:
+            self.started = time.monotonic()
+            self.train_loss: float | None = None
+            self.train_accuracy: float | None = None
+            self.best_valid: float | None = None
+            self.previous: tuple[float, float] | None = None  # (train, valid) at last eval
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+            logs = logs or {}
+            if "loss" not in logs:
+                return
+            self.train_loss = float(logs["loss"])
+            self.train_accuracy = _maybe_float(logs.get("mean_token_accuracy"))
+            elapsed = time.monotonic() - self.started
+            tokens = float(logs.get("num_tokens", 0.0))
+            remaining = max(0, state.max_steps - state.global_step)
+            events.emit(
+                "progress",
+                step=state.global_step,
+                total_steps=state.max_steps,
+                epoch=round(float(state.epoch or 0), 3),
+                train_loss=self.train_loss,
+                train_mean_token_accuracy=self.train_accuracy,
+                tokens_per_s=round(tokens / elapsed, 1) if elapsed > 0 else None,
+                eta_s=round(elapsed / max(1, state.global_step) * remaining, 1),
+            )
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # type: ignore[no-untyped-def]
+            metrics = metrics or {}
+            valid = _maybe_float(metrics.get("eval_loss"))
+            self._checkpoint(state, valid, _maybe_float(metrics.get("eval_mean_token_accuracy")))
+            if valid is None or self.train_loss is None:
+                return
+            if self.previous and valid > self.previous[1] and self.train_loss < self.previous[0]:
+                events.emit(
+                    "warning",
+                    message=(
+                        f"Validation loss rose to {valid:.4f} while training loss fell to "
+                        f"{self.train_loss:.4f}: the model may be overfitting. The checkpoint "
+                        "with the lowest validation loss is the one kept."
+                    ),
+                )
+            self.previous = (self.train_loss, valid)
+
+        def on_epoch_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if args.eval_strategy == "no":
+                self._checkpoint(state, None, None)
+
+        def _checkpoint(self, state, valid: float | None, valid_accuracy: float | None) -> None:  # type: ignore[no-untyped-def]
+            events.emit(
+                "checkpoint",
+                step=state.global_step,
+                epoch=round(float(state.epoch or 0), 3),
+                train_loss=self.train_loss,
+                train_mean_token_accuracy=self.train_accuracy,
+                valid_loss=valid,
+                valid_mean_token_accuracy=valid_accuracy,
+            )
+
+    return ProgressCallback()
+
+
+def _maybe_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def run(spec: JobSpec, events: EventSink) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    torch.manual_seed(spec.seed)
+    train_rows, valid_rows = _load_rows(spec.train_file), _load_rows(spec.valid_file)
+    has_valid = bool(valid_rows)
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_dir)
+    model = AutoModelForCausalLM.from_pretrained(spec.base_dir, dtype=torch.float32)
+    args = SFTConfig(
+        output_dir=str(spec.run_dir / "checkpoints"),
+        num_train_epochs=spec.n_epochs,
+        per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=spec.batch_size,
+        learning_rate=spec.learning_rate,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=min(5, max(1, len(train_rows) // spec.batch_size)),
+        logging_steps=1,
+        eval_strategy="epoch" if has_valid else "no",
+        save_strategy="epoch" if has_valid else "no",
+        save_only_model=True,
+        save_total_limit=2 if has_valid else None,
+        load_best_model_at_end=has_valid,
+        metric_for_best_model="eval_loss" if has_valid else None,
+        greater_is_better=False if has_valid else None,
+        report_to=[],
+        seed=spec.seed,
+        data_seed=spec.seed,
+        max_length=spec.max_length,
+        use_cpu=not torch.cuda.is_available(),
+        completion_only_loss=True,  # loss on the assistant's answer only
+        disable_tqdm=True,
+    )
+    lora = LoraConfig(
+        r=spec.lora.rank,
+        lora_alpha=spec.lora.alpha,
+        lora_dropout=spec.lora.dropout,
+        target_modules=spec.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(valid_rows) if has_valid else None,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[make_callback(events)],
+    )
+    output = trainer.train()
+    trainer.model.save_pretrained(spec.adapter_dir, safe_serialization=True)
+    valid_loss = trainer.state.best_metric if has_valid else None
+    tokens = int(sum(len(ids) for ids in trainer.train_dataset["input_ids"])) * spec.n_epochs
+    events.emit(
+        "result",
+        adapter_dir=str(spec.adapter_dir),
+        steps=output.global_step,
+        trained_tokens=tokens,
+        train_loss=float(output.training_loss),
+        valid_loss=valid_loss,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    run_dir = Path(argv[0])
+    # Events own the real stdout; whatever the libraries print goes to stderr.
+    events = EventSink(os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1))
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    try:
+        run(JobSpec.from_run_dir(run_dir), events)
+    except Exception as exc:  # reported as an event; the traceback stays in the log
+        import traceback
+
+        traceback.print_exc()
+        events.emit("error", message=f"{type(exc).__name__}: {exc}"[:500])
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
