@@ -53,18 +53,19 @@ class GatewayProcess:
     def engine(self, family: str) -> dict:
         return next(e for e in self.engines() if e["engine"] == family)
 
-    def wait_ready(self, timeout_s: float) -> None:
+    def wait_ready(self, timeout_s: float, path: str = "/ready") -> None:
+        """Until ``path`` answers 200: /ready (engines up) or /health (the gateway alone)."""
         deadline = time.monotonic() + timeout_s
         with self.http() as http:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"gateway exited early:\n{self.log_tail()}")
                 try:
-                    if http.get("/ready", timeout=5).status_code == 200:
+                    if http.get(path, timeout=5).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass
-                time.sleep(1)
+                time.sleep(0.5)
         raise TimeoutError(f"gateway not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 60) -> str:
