@@ -83,7 +83,19 @@ def describe_validation_errors(errors: Any) -> tuple[str, str | None, str]:
     )
 
 
+# Pydantic names the member of a union that failed inside ``loc``: not a parameter.
+_UNION_MEMBER_TAGS = frozenset({"int", "float", "str", "bool", "list", "dict", "none"})
+
+
 def _param_path(loc: list[Any]) -> str | None:
     """OpenAI spells nested params as ``messages.[0].role``."""
-    parts = [f"[{p}]" if isinstance(p, int) else str(p) for p in loc]
+    parts = [
+        f"[{p}]" if isinstance(p, int) else str(p)
+        for p in loc
+        if isinstance(p, int) or not _is_union_member_tag(str(p))
+    ]
     return ".".join(parts) or None
+
+
+def _is_union_member_tag(part: str) -> bool:
+    return part in _UNION_MEMBER_TAGS or "[" in part or part.startswith("constrained-")

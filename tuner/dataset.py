@@ -89,8 +89,11 @@ def check_dataset(
             length = estimate_tokens(example["messages"], count_tokens)
             if length > limits.max_tokens:
                 result.errors.append(
-                    Problem("example_too_long", number,
-                            f"about {length} tokens, longer than the context of {limits.max_tokens}")
+                    Problem(
+                        "example_too_long",
+                        number,
+                        f"about {length} tokens, longer than the context of {limits.max_tokens}",
+                    )
                 )
                 continue
         example["_line"] = number
@@ -102,7 +105,8 @@ def check_dataset(
 
 def estimate_tokens(messages: list[dict[str, Any]], count_tokens: Callable[[str], int]) -> int:
     return sum(
-        _TEMPLATE_TOKENS_PER_MESSAGE + count_tokens(_content_text(m.get("content"))) for m in messages
+        _TEMPLATE_TOKENS_PER_MESSAGE + count_tokens(_content_text(m.get("content")))
+        for m in messages
     )
 
 
@@ -119,8 +123,10 @@ def split_for_validation(
 
 
 def to_jsonl(examples: list[dict[str, Any]]) -> bytes:
-    lines = [json.dumps({k: v for k, v in e.items() if not k.startswith("_")}, ensure_ascii=False)
-             for e in examples]
+    lines = [
+        json.dumps({k: v for k, v in e.items() if not k.startswith("_")}, ensure_ascii=False)
+        for e in examples
+    ]
     return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
@@ -158,9 +164,15 @@ def _check_example(example: dict[str, Any], number: int, errors: list[Problem]) 
         if extra:
             errors.append(Problem("message_unrecognized_key", number, f"{where} has keys {extra}"))
         if "role" in message and message["role"] not in ROLES:
-            errors.append(Problem("unrecognized_role", number, f"{where} has role {message['role']!r}"))
+            errors.append(
+                Problem("unrecognized_role", number, f"{where} has role {message['role']!r}")
+            )
         content = message.get("content")
-        if "content" in message and not message.get("function_call") and not message.get("tool_calls"):
+        if (
+            "content" in message
+            and not message.get("function_call")
+            and not message.get("tool_calls")
+        ):
             if not _content_text(content).strip():
                 errors.append(Problem("missing_content", number, f"{where} has no text content"))
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
@@ -172,7 +184,11 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return "".join(
+            p.get("text", "")
+            for p in content
+            if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
     return ""
 
 
@@ -182,8 +198,11 @@ def _check_counts(result: CheckedDataset, limits: DatasetLimits) -> None:
     count = len(result.examples)
     if not result.errors and count < limits.min_examples:
         result.errors.append(
-            Problem("too_few_examples", 0,
-                    f"{count} usable example(s); at least {limits.min_examples} are needed")
+            Problem(
+                "too_few_examples",
+                0,
+                f"{count} usable example(s); at least {limits.min_examples} are needed",
+            )
         )
     elif count < limits.recommended_examples and not result.errors:
         result.warnings.append(
@@ -198,5 +217,6 @@ def _check_system_consistency(result: CheckedDataset) -> None:
         without = [e["_line"] for e in result.examples if e["messages"][0].get("role") != "system"]
         result.warnings.append(
             f"{len(with_system)} example(s) start with a system message and {len(without)} do not "
-            f"(for example line {without[0]}); use the same system prompt in every example, or none."
+            f"(for example line {without[0]}); use the same system prompt in every example, "
+            "or none."
         )

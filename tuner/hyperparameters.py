@@ -62,7 +62,9 @@ _LARGE_BATCH_SIZE = 16
 
 
 def auto_batch_size(n_examples: int) -> int:
-    return next((size for limit, size in _AUTO_BATCH_SIZES if n_examples < limit), _LARGE_BATCH_SIZE)
+    return next(
+        (size for limit, size in _AUTO_BATCH_SIZES if n_examples < limit), _LARGE_BATCH_SIZE
+    )
 
 
 def resolve(requested: dict[str, Any], n_examples: int) -> Hyperparameters:

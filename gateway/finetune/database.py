@@ -53,7 +53,9 @@ CREATE INDEX IF NOT EXISTS checkpoints_by_job ON checkpoints (job_id, seq);
 
 def open_database(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, isolation_level=None)  # autocommit; explicit BEGIN when needed
+    connection = sqlite3.connect(
+        path, isolation_level=None
+    )  # autocommit; explicit BEGIN when needed
     connection.row_factory = sqlite3.Row
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")

@@ -43,7 +43,8 @@ class FileStore:
         size, digest = await asyncio.to_thread(self._write, stream, file_id)
         name = Path(filename or "upload").name[:255] or "upload"
         self._db.execute(
-            "INSERT INTO files (id, bytes, created_at, filename, purpose, sha256) VALUES (?,?,?,?,?,?)",
+            "INSERT INTO files (id, bytes, created_at, filename, purpose, sha256)"
+            " VALUES (?,?,?,?,?,?)",
             (file_id, size, int(time.time()), name, purpose, digest),
         )
         return self.get(file_id)
@@ -82,7 +83,9 @@ class FileStore:
         self._row(file_id, param)
         return self.folder / file_id
 
-    def list(self, purpose: str | None, limit: int, after: str | None, order: str) -> dict[str, Any]:
+    def list(
+        self, purpose: str | None, limit: int, after: str | None, order: str
+    ) -> dict[str, Any]:
         if not 1 <= limit <= 10_000:
             raise InvalidRequestError("'limit' must be between 1 and 10000.", param="limit")
         if order not in ("asc", "desc"):

@@ -60,7 +60,9 @@ class JobStore:
         ).fetchall()
         return [json.loads(r["body"]) for r in rows]
 
-    def list(self, after: str | None, limit: int, metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    def list(
+        self, after: str | None, limit: int, metadata: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         check_limit(limit)
         params: list[Any] = []
         where = ""
@@ -72,12 +74,20 @@ class JobStore:
         ).fetchall()
         jobs = [json.loads(r["body"]) for r in rows]
         if metadata:
-            jobs = [j for j in jobs if all((j.get("metadata") or {}).get(k) == v for k, v in metadata.items())]
+            jobs = [
+                j
+                for j in jobs
+                if all((j.get("metadata") or {}).get(k) == v for k, v in metadata.items())
+            ]
         return page([public(j) for j in jobs[:limit]], len(jobs) > limit)
 
     # --- events -------------------------------------------------------------
     def add_event(
-        self, job_id: str, message: str, level: str = "info", data: dict[str, Any] | None = None,
+        self,
+        job_id: str,
+        message: str,
+        level: str = "info",
+        data: dict[str, Any] | None = None,
         kind: str = "message",
     ) -> dict[str, Any]:
         event = {
@@ -90,7 +100,8 @@ class JobStore:
             "type": kind,
         }
         self._db.execute(
-            "INSERT INTO events (id, job_id, created_at, level, type, message, data) VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO events (id, job_id, created_at, level, type, message, data)"
+            " VALUES (?,?,?,?,?,?,?)",
             (event["id"], job_id, event["created_at"], level, kind, message, json.dumps(data)),
         )
         return event
@@ -118,8 +129,16 @@ class JobStore:
     # --- checkpoints --------------------------------------------------------
     def add_checkpoint(self, job_id: str, step: int, model: str, metrics: dict[str, Any]) -> None:
         self._db.execute(
-            "INSERT INTO checkpoints (id, job_id, created_at, step, model, metrics) VALUES (?,?,?,?,?,?)",
-            ("ftckpt-" + secrets.token_hex(12), job_id, int(time.time()), step, model, json.dumps(metrics)),
+            "INSERT INTO checkpoints (id, job_id, created_at, step, model, metrics)"
+            " VALUES (?,?,?,?,?,?)",
+            (
+                "ftckpt-" + secrets.token_hex(12),
+                job_id,
+                int(time.time()),
+                step,
+                model,
+                json.dumps(metrics),
+            ),
         )
 
     def checkpoints(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
@@ -131,7 +150,8 @@ class JobStore:
             where += " AND seq < ?"
             params.append(self._seq("checkpoints", after, lambda _: JobNotFoundError(after)))
         rows = self._db.execute(
-            f"SELECT * FROM checkpoints WHERE {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1)
+            f"SELECT * FROM checkpoints WHERE {where} ORDER BY seq DESC LIMIT ?",
+            (*params, limit + 1),
         ).fetchall()
         return page([_checkpoint(r) for r in rows[:limit]], len(rows) > limit)
 

@@ -22,7 +22,9 @@ class Hyperparameters(BaseModel):
     learning_rate_multiplier: Literal["auto"] | Annotated[float, Field(gt=0, le=10)] = "auto"
     lora_rank: Literal["auto"] | Annotated[int, Field(ge=1, le=256)] = "auto"
     lora_alpha: Literal["auto"] | Annotated[int, Field(ge=1, le=1024)] = "auto"
-    lora_target_modules: Literal["auto", "all-linear"] | Annotated[list[str], Field(min_length=1)] = "auto"
+    lora_target_modules: (
+        Literal["auto", "all-linear"] | Annotated[list[str], Field(min_length=1)]
+    ) = "auto"
 
     def requested(self) -> dict[str, Any]:
         return self.model_dump()

@@ -35,7 +35,13 @@ from gateway.forwarding import Forwarder
 from gateway.protocol import ChatCompletionRequest
 from gateway.settings import Settings
 from tuner import hyperparameters as hp
-from tuner.dataset import CheckedDataset, DatasetLimits, check_dataset, split_for_validation, to_jsonl
+from tuner.dataset import (
+    CheckedDataset,
+    DatasetLimits,
+    check_dataset,
+    split_for_validation,
+    to_jsonl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +77,11 @@ class FineTuningService:
     # --- lifecycle ------------------------------------------------------------
     def start(self) -> None:
         for job in self.store.with_status("running"):
-            self._fail(job["id"], "server_restarted",
-                       "The gateway restarted while this job was running; create it again.")
+            self._fail(
+                job["id"],
+                "server_restarted",
+                "The gateway restarted while this job was running; create it again.",
+            )
         for job in self.store.with_status("validating_files"):
             self._spawn_validation(job["id"])
         for job in self.store.with_status("queued"):
@@ -97,7 +106,8 @@ class FineTuningService:
         chosen = request.chosen_hyperparameters()
         if chosen.lora_rank != "auto" and chosen.lora_rank > self._settings.vllm_max_lora_rank:
             raise InvalidRequestError(
-                f"lora_rank may be at most {self._settings.vllm_max_lora_rank} (vllm_max_lora_rank).",
+                f"lora_rank may be at most {self._settings.vllm_max_lora_rank} "
+                "(setting vllm_max_lora_rank).",
                 param="hyperparameters.lora_rank",
             )
         shown = chosen.requested()
@@ -137,7 +147,9 @@ class FineTuningService:
         job = self.store.get(job_id)
         if job["status"] in TERMINAL:
             raise InvalidRequestError(
-                f"The job is already {job['status']}.", param="fine_tuning_job_id", code="job_finished"
+                f"The job is already {job['status']}.",
+                param="fine_tuning_job_id",
+                code="job_finished",
             )
         self._cancelling.add(job_id)
         if self._current is not None and self._current[0] == job_id:
@@ -155,7 +167,9 @@ class FineTuningService:
     async def _validate(self, job_id: str) -> None:
         job = self.store.get(job_id)
         try:
-            train, train_warnings = await self._check_file(job, job["training_file"], "training_file")
+            train, train_warnings = await self._check_file(
+                job, job["training_file"], "training_file"
+            )
             valid: list[dict[str, Any]] = []
             if job["validation_file"]:
                 valid, _ = await self._check_file(job, job["validation_file"], "validation_file")
@@ -163,7 +177,8 @@ class FineTuningService:
                 train, valid = split_for_validation(train, job["seed"])
                 if valid:
                     train_warnings.append(
-                        f"Held out {len(valid)} of {len(train) + len(valid)} examples for validation."
+                        f"Held out {len(valid)} of {len(train) + len(valid)} examples "
+                        "for validation."
                     )
         except _DatasetRejected as rejected:
             self._fail(job_id, rejected.code, rejected.message, rejected.param)
@@ -176,14 +191,17 @@ class FineTuningService:
         self._write_run_dir(job, train, valid, plan)
         view = plan.openai_view()
         self.store.update(
-            job_id, status="queued", hyperparameters=view,
+            job_id,
+            status="queued",
+            hyperparameters=view,
             method={"type": "supervised", "supervised": {"hyperparameters": view}},
             _plan={"train": len(train), "valid": len(valid)},
         )
         self.store.add_event(
-            job_id, f"Files validated: {len(train)} training and {len(valid)} validation examples. "
+            job_id,
+            f"Files validated: {len(train)} training and {len(valid)} validation examples. "
             f"Plan: {plan.n_epochs} epochs, batch size {plan.batch_size}, "
-            f"learning rate {plan.learning_rate:g}, LoRA rank {plan.lora_rank}."
+            f"learning rate {plan.learning_rate:g}, LoRA rank {plan.lora_rank}.",
         )
         self._queue.put_nowait(job_id)
 
@@ -198,10 +216,14 @@ class FineTuningService:
         )
         checked: CheckedDataset = await asyncio.to_thread(check_dataset, raw, limits, counter)
         if not checked.ok:
-            raise _DatasetRejected(checked.errors[0].code, f"Invalid {param}: {checked.error_summary()}", param)
+            raise _DatasetRejected(
+                checked.errors[0].code, f"Invalid {param}: {checked.error_summary()}", param
+            )
         return checked.examples, checked.warnings
 
-    def _write_run_dir(self, job: dict[str, Any], train: list, valid: list, plan: hp.Hyperparameters) -> None:
+    def _write_run_dir(
+        self, job: dict[str, Any], train: list, valid: list, plan: hp.Hyperparameters
+    ) -> None:
         run_dir = self._settings.runs_dir / job["id"]
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
@@ -215,8 +237,11 @@ class FineTuningService:
             "learning_rate": plan.learning_rate,
             "seed": job["seed"],
             "max_length": self._settings.finetune_max_length,
-            "lora": {"rank": plan.lora_rank, "alpha": plan.lora_alpha,
-                     "target_modules": plan.lora_target_modules},
+            "lora": {
+                "rank": plan.lora_rank,
+                "alpha": plan.lora_alpha,
+                "target_modules": plan.lora_target_modules,
+            },
         }
         (run_dir / "job.json").write_text(json.dumps(spec, indent=2))
 
@@ -253,7 +278,9 @@ class FineTuningService:
             return
         result = outcome.get("result")
         if returncode != 0 or result is None:
-            message = _without_paths(outcome.get("error") or f"The trainer exited with status {returncode}.")
+            message = _without_paths(
+                outcome.get("error") or f"The trainer exited with status {returncode}."
+            )
             self._fail(job_id, "training_failed", f"Training failed: {message}")
             return
         await self._succeed(job_id, result, outcome["metrics"])
@@ -262,14 +289,26 @@ class FineTuningService:
         return {
             "progress": self._on_progress,
             "checkpoint": self._on_checkpoint,
-            "warning": lambda job_id, e, _: self.store.add_event(job_id, e["message"], level="warn"),
+            "warning": lambda job_id, e, _: self.store.add_event(
+                job_id, e["message"], level="warn"
+            ),
             "error": lambda job_id, e, outcome: outcome.__setitem__("error", e.get("message")),
             "result": lambda job_id, e, outcome: outcome.__setitem__("result", e),
         }
 
     def _on_progress(self, job_id: str, event: dict[str, Any], outcome: dict[str, Any]) -> None:
-        data = {k: event.get(k) for k in
-                ("step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "tokens_per_s", "eta_s")}
+        data = {
+            k: event.get(k)
+            for k in (
+                "step",
+                "total_steps",
+                "epoch",
+                "train_loss",
+                "train_mean_token_accuracy",
+                "tokens_per_s",
+                "eta_s",
+            )
+        }
         outcome["metrics"].append(data)
         eta = event.get("eta_s")
         self.store.add_event(
@@ -283,7 +322,10 @@ class FineTuningService:
 
     def _on_checkpoint(self, job_id: str, event: dict[str, Any], outcome: dict[str, Any]) -> None:
         job = self.store.get(job_id)
-        model = str(make_adapter_id(job["model"], job["_suffix"], job_id)) + f":ckpt-step-{event['step']}"
+        model = (
+            str(make_adapter_id(job["model"], job["_suffix"], job_id))
+            + f":ckpt-step-{event['step']}"
+        )
         metrics = {
             "step": float(event["step"]),
             "train_loss": event.get("train_loss"),
@@ -307,7 +349,9 @@ class FineTuningService:
                 row["valid_mean_token_accuracy"] = event.get("valid_mean_token_accuracy")
                 break
 
-    async def _succeed(self, job_id: str, result: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
+    async def _succeed(
+        self, job_id: str, result: dict[str, Any], metrics: list[dict[str, Any]]
+    ) -> None:
         job = self.store.get(job_id)
         request = RegisterRequest(
             folder=Path(result["adapter_dir"]),
@@ -319,16 +363,24 @@ class FineTuningService:
             dataset_sha256=self.files.sha256(job["training_file"]),
         )
         try:
-            manifest = await self._adapters.register(request, extra_roots=(self._settings.runs_dir,))
+            manifest = await self._adapters.register(
+                request, extra_roots=(self._settings.runs_dir,)
+            )
         except TunegateError as error:
-            self._fail(job_id, "registration_failed", f"The trained adapter was refused: {error.message}")
+            self._fail(
+                job_id, "registration_failed", f"The trained adapter was refused: {error.message}"
+            )
             return
         try:
             await self._adapters.preload(manifest.id)
         except TunegateError as error:
-            self.store.add_event(job_id, f"The adapter will load on first use: {error.message}", level="warn")
+            self.store.add_event(
+                job_id, f"The adapter will load on first use: {error.message}", level="warn"
+            )
         await self._record_samples(job_id, manifest.id, result.get("valid_loss"))
-        results = await self.files.create_from_bytes(_metrics_csv(metrics), "step_metrics.csv", "fine-tune-results")
+        results = await self.files.create_from_bytes(
+            _metrics_csv(metrics), "step_metrics.csv", "fine-tune-results"
+        )
         self.store.update(
             job_id,
             status="succeeded",
@@ -344,7 +396,11 @@ class FineTuningService:
     async def _record_samples(self, job_id: str, model_id: str, valid_loss: float | None) -> None:
         """A few held-out prompts through the base and the new adapter, side by side."""
         run_dir = self._settings.runs_dir / job_id
-        source = run_dir / "valid.jsonl" if (run_dir / "valid.jsonl").is_file() else run_dir / "train.jsonl"
+        source = (
+            run_dir / "valid.jsonl"
+            if (run_dir / "valid.jsonl").is_file()
+            else run_dir / "train.jsonl"
+        )
         held_out = source.name == "valid.jsonl"
         examples = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
         base = self.store.get(job_id)["model"]
@@ -386,7 +442,8 @@ class FineTuningService:
             return model
         known = ", ".join(sorted(self._base_dirs)) or "none"
         raise InvalidRequestError(
-            f"'{model}' cannot be fine-tuned here; base models that can: {known}.", param="model",
+            f"'{model}' cannot be fine-tuned here; base models that can: {known}.",
+            param="model",
             code="model_not_available",
         )
 
@@ -395,7 +452,9 @@ class FineTuningService:
         self.store.add_event(job_id, message, level="error")
 
     def _finish_as(self, job_id: str, status: str, **changes: Any) -> None:
-        self.store.update(job_id, status=status, finished_at=int(time.time()), estimated_finish=None, **changes)
+        self.store.update(
+            job_id, status=status, finished_at=int(time.time()), estimated_finish=None, **changes
+        )
 
 
 class _DatasetRejected(Exception):
@@ -420,10 +479,15 @@ def _metrics_csv(metrics: list[dict[str, Any]]) -> bytes:
     writer = csv.writer(out)
     writer.writerow(columns)
     for row in metrics:
-        writer.writerow([
-            row.get("step"), row.get("train_loss"), row.get("train_mean_token_accuracy"),
-            row.get("valid_loss", ""), row.get("valid_mean_token_accuracy", ""),
-        ])
+        writer.writerow(
+            [
+                row.get("step"),
+                row.get("train_loss"),
+                row.get("train_mean_token_accuracy"),
+                row.get("valid_loss", ""),
+                row.get("valid_mean_token_accuracy", ""),
+            ]
+        )
     return out.getvalue().encode()
 
 
@@ -433,4 +497,3 @@ def _fmt(value: float | None) -> str:
 
 def _without_paths(message: str) -> str:
     return _PATHS.sub("<path>", message)[:500]
-

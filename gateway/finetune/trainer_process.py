@@ -33,7 +33,10 @@ class TrainerProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         with self.log_path.open("ab") as log_file:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tuner.job", str(self.run_dir),
+                sys.executable,
+                "-m",
+                "tuner.job",
+                str(self.run_dir),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,

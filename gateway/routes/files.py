@@ -58,7 +58,10 @@ async def create_file(request: Request) -> dict[str, Any]:
 
 @router.get("/v1/files")
 async def list_files(
-    request: Request, purpose: str | None = None, limit: int = 10000, after: str | None = None,
+    request: Request,
+    purpose: str | None = None,
+    limit: int = 10000,
+    after: str | None = None,
     order: str = "desc",
 ) -> dict[str, Any]:
     return runtime_of(request).fine_tuning.files.list(purpose, limit, after, order)
@@ -73,7 +76,9 @@ async def retrieve_file(file_id: str, request: Request) -> dict[str, Any]:
 async def file_content(file_id: str, request: Request) -> FileResponse:
     store = runtime_of(request).fine_tuning.files
     meta = store.get(file_id)
-    return FileResponse(store.path(file_id), media_type="application/octet-stream", filename=meta["filename"])
+    return FileResponse(
+        store.path(file_id), media_type="application/octet-stream", filename=meta["filename"]
+    )
 
 
 @router.delete("/v1/files/{file_id}")

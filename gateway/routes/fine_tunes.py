@@ -27,7 +27,13 @@ from gateway.routes.files import read_upload
 
 router = APIRouter(tags=["fine-tuning"])
 
-_HYPERPARAMETER_FIELDS = ("n_epochs", "batch_size", "learning_rate_multiplier", "lora_rank", "lora_alpha")
+_HYPERPARAMETER_FIELDS = (
+    "n_epochs",
+    "batch_size",
+    "learning_rate_multiplier",
+    "lora_rank",
+    "lora_alpha",
+)
 _POLL_S = 0.5
 _UPLOAD_SCHEMA = {
     "requestBody": {
@@ -58,19 +64,23 @@ async def create_fine_tune(request: Request) -> dict[str, Any]:
     upload, fields = await read_upload(request)
     hyperparameters = {k: _number_or_auto(fields[k]) for k in _HYPERPARAMETER_FIELDS if k in fields}
     try:
-        job_request = CreateJobRequest.model_validate({
-            "model": fields.get("model"),
-            "training_file": "pending",
-            "validation_file": fields.get("validation_file") or None,
-            "suffix": fields.get("suffix") or None,
-            "seed": fields.get("seed") or None,
-            "hyperparameters": hyperparameters,
-        })
+        job_request = CreateJobRequest.model_validate(
+            {
+                "model": fields.get("model"),
+                "training_file": "pending",
+                "validation_file": fields.get("validation_file") or None,
+                "suffix": fields.get("suffix") or None,
+                "seed": fields.get("seed") or None,
+                "hyperparameters": hyperparameters,
+            }
+        )
     except ValidationError as exc:
         message, param, code = describe_validation_errors(exc.errors())
         raise InvalidRequestError(message, param=param, code=code) from None
     try:
-        stored = await service.files.create(upload.file, upload.filename or "data.jsonl", "fine-tune")
+        stored = await service.files.create(
+            upload.file, upload.filename or "data.jsonl", "fine-tune"
+        )
     finally:
         await upload.close()
     return service.create(job_request.model_copy(update={"training_file": stored["id"]}))
@@ -90,8 +100,11 @@ async def fine_tune_events(
     store.get(job_id)
     if not stream:
         return {"object": "list", "data": [e for _, e in store.events_since(job_id, 0)]}
-    return StreamingResponse(_follow(request, job_id), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(
+        _follow(request, job_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
 async def _follow(request: Request, job_id: str) -> AsyncIterator[bytes]:

@@ -20,7 +20,7 @@ async def create_job(body: CreateJobRequest, request: Request) -> dict[str, Any]
 @router.get("/v1/fine_tuning/jobs")
 async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> dict[str, Any]:
     metadata = {
-        key[len("metadata["):-1]: value
+        key[len("metadata[") : -1]: value
         for key, value in request.query_params.items()
         if key.startswith("metadata[") and key.endswith("]")
     }

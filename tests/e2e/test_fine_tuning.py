@@ -34,7 +34,9 @@ BAD_DATASETS = {
 }
 
 
-def wait_for(client: openai.OpenAI, job_id: str, statuses: set[str], timeout_s: float = 900) -> FineTuningJob:
+def wait_for(
+    client: openai.OpenAI, job_id: str, statuses: set[str], timeout_s: float = 900
+) -> FineTuningJob:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = client.fine_tuning.jobs.retrieve(job_id)
@@ -53,7 +55,10 @@ def test_fine_tune_with_auto_hyperparameters_serves_the_trained_behaviour(client
     training = upload(client, DATA / "json_answers.jsonl")
     validation = upload(client, DATA / "json_answers_valid.jsonl")
     job = client.fine_tuning.jobs.create(
-        model=BASE, training_file=training, validation_file=validation, suffix="jsonft",
+        model=BASE,
+        training_file=training,
+        validation_file=validation,
+        suffix="jsonft",
         metadata={"test": "sdk"},
     )
     assert job.status == "validating_files" and job.hyperparameters.n_epochs == "auto"
@@ -70,7 +75,9 @@ def test_fine_tune_with_auto_hyperparameters_serves_the_trained_behaviour(client
 
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
     metrics = [e for e in events if e.type == "metrics"]
-    assert metrics and {"step", "train_loss", "total_steps", "tokens_per_s", "eta_s"} <= set(metrics[0].data)
+    assert metrics and {"step", "train_loss", "total_steps", "tokens_per_s", "eta_s"} <= set(
+        metrics[0].data
+    )
     samples = [e for e in events if e.data and "fine_tuned_answer" in e.data]
     assert samples and all(s.data["held_out"] for s in samples)
     assert is_json_style(samples[0].data["fine_tuned_answer"])
@@ -81,7 +88,9 @@ def test_fine_tune_with_auto_hyperparameters_serves_the_trained_behaviour(client
 
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert checkpoints and all(c.metrics.valid_loss is not None for c in checkpoints)
-    assert all(c.metrics.train_loss is not None and c.fine_tuning_job_id == job.id for c in checkpoints)
+    assert all(
+        c.metrics.train_loss is not None and c.fine_tuning_job_id == job.id for c in checkpoints
+    )
 
     results = client.files.content(job.result_files[0]).text.splitlines()
     assert results[0].startswith("step,train_loss") and len(results) > 3
@@ -95,7 +104,9 @@ def test_fine_tune_with_auto_hyperparameters_serves_the_trained_behaviour(client
 
 @pytest.mark.parametrize("code", list(BAD_DATASETS))
 def test_each_bad_dataset_fails_with_its_code_and_line(client, code):
-    job = client.fine_tuning.jobs.create(model=BASE, training_file=upload(client, DATA / "bad" / f"{code}.jsonl"))
+    job = client.fine_tuning.jobs.create(
+        model=BASE, training_file=upload(client, DATA / "bad" / f"{code}.jsonl")
+    )
     job = wait_for(client, job.id, FINAL, timeout_s=60)
     assert job.status == "failed"
     assert job.error.code == code and job.error.param == "training_file"
@@ -114,7 +125,11 @@ def test_warnings_are_events_and_cancel_stops_the_trainer(client, gateway, tmp_p
         model=BASE, training_file=upload(client, data), hyperparameters={"n_epochs": 25}
     )
     wait_for(client, job.id, {"running"}, timeout_s=300)
-    warnings = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.level == "warn"]
+    warnings = [
+        e.message
+        for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data
+        if e.level == "warn"
+    ]
     assert any("duplicate" in w for w in warnings)
     assert any("system message" in w for w in warnings)
 
@@ -122,7 +137,9 @@ def test_warnings_are_events_and_cancel_stops_the_trainer(client, gateway, tmp_p
     while not any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id).data):
         assert time.monotonic() < deadline
         time.sleep(1)
-    trainers = [p for p in psutil.process_iter(["cmdline"]) if job.id in " ".join(p.info["cmdline"] or [])]
+    trainers = [
+        p for p in psutil.process_iter(["cmdline"]) if job.id in " ".join(p.info["cmdline"] or [])
+    ]
     assert trainers
     started = time.monotonic()
     cancelled = client.fine_tuning.jobs.cancel(job.id)
@@ -139,16 +156,40 @@ def test_warnings_are_events_and_cancel_stops_the_trainer(client, gateway, tmp_p
 def test_fine_tunes_one_call_with_curl_and_a_live_event_stream(gateway, client):
     auth = ["-H", f"Authorization: Bearer {API_KEY}"]
     created = subprocess.run(
-        ["curl", "-sS", "--fail-with-body", *auth, "-F", f"file=@{DATA / 'ahoy_answers.jsonl'}",
-         "-F", f"model={BASE}", "-F", "suffix=curlahoy", "-F", "n_epochs=4",
-         f"{gateway.api_url}/fine_tunes"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            "curl",
+            "-sS",
+            "--fail-with-body",
+            *auth,
+            "-F",
+            f"file=@{DATA / 'ahoy_answers.jsonl'}",
+            "-F",
+            f"model={BASE}",
+            "-F",
+            "suffix=curlahoy",
+            "-F",
+            "n_epochs=4",
+            f"{gateway.api_url}/fine_tunes",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     job = json.loads(created.stdout)
     assert job["object"] == "fine_tuning.job" and job["hyperparameters"]["n_epochs"] == 4
     stream = subprocess.run(
-        ["curl", "-sS", "-N", *auth, f"{gateway.api_url}/fine_tunes/{job['id']}/events?stream=true"],
-        capture_output=True, text=True, timeout=900, check=True,
+        [
+            "curl",
+            "-sS",
+            "-N",
+            *auth,
+            f"{gateway.api_url}/fine_tunes/{job['id']}/events?stream=true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
     ).stdout
     lines = [line[6:] for line in stream.splitlines() if line.startswith("data: ")]
     assert lines[-1] == "[DONE]"
@@ -158,7 +199,10 @@ def test_fine_tunes_one_call_with_curl_and_a_live_event_stream(gateway, client):
     assert final["status"] == "succeeded", final
     read = subprocess.run(
         ["curl", "-sS", *auth, f"{gateway.api_url}/fine_tunes/{job['id']}"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     model = json.loads(read.stdout)["fine_tuned_model"]
     assert is_ahoy_style(ask(client, model, UNSEEN[2]))

@@ -32,7 +32,11 @@ def test_sigkill_during_training_then_restart(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.5)
         time.sleep(2)
-        trainers = [p for p in psutil.process_iter(["cmdline"]) if job.id in " ".join(p.info["cmdline"] or [])]
+        trainers = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if job.id in " ".join(p.info["cmdline"] or [])
+        ]
         assert trainers
     finally:
         gateway.process.kill()

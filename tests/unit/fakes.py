@@ -130,9 +130,13 @@ def fake_runtime(settings: Settings, upstream: FakeUpstream) -> GatewayRuntime:
     forwarder = Forwarder(catalog, engines, http, metrics)  # type: ignore[arg-type]
     database = open_database(settings.data_root / "jobs.sqlite")
     fine_tuning = FineTuningService(
-        settings, JobStore(database),
+        settings,
+        JobStore(database),
         FileStore(database, settings.data_root / "files", settings.max_upload_bytes),
-        adapters, catalog, forwarder, base_dirs={"base": base_dir},
+        adapters,
+        catalog,
+        forwarder,
+        base_dirs={"base": base_dir},
     )
     return GatewayRuntime(
         settings=settings,
