@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tuner.sft import LoraOptions, to_prompt_completion
+from tuner.sft import LoraOptions, to_training_rows
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def _load_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with path.open(encoding="utf-8") as lines:
-        return [to_prompt_completion(json.loads(line)) for line in lines if line.strip()]
+        return [row for line in lines if line.strip() for row in to_training_rows(json.loads(line))]
 
 
 def make_callback(events: EventSink):  # the transformers import stays inside run()
@@ -223,6 +223,7 @@ def run(spec: JobSpec, events: EventSink) -> None:
         trained_tokens=tokens,
         train_loss=float(output.training_loss),
         valid_loss=valid_loss,
+        train_seconds=float(output.metrics.get("train_runtime", 0.0)),
     )
 
 

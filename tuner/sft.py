@@ -61,6 +61,18 @@ def to_prompt_completion(example: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": messages[:last], "completion": [messages[last]]}
 
 
+def to_training_rows(example: dict[str, Any]) -> list[dict[str, Any]]:
+    """One prompt/completion pair per assistant message, so that the loss covers every
+    assistant turn (each with the conversation before it) and nothing else. A message
+    with ``"weight": 0`` is context only, as in OpenAI's format."""
+    messages = [{k: v for k, v in m.items() if k != "weight"} for m in example["messages"]]
+    return [
+        {"prompt": messages[:i], "completion": [messages[i]]}
+        for i, original in enumerate(example["messages"])
+        if original.get("role") == "assistant" and original.get("weight", 1) != 0
+    ]
+
+
 def train_lora(config: TrainConfig) -> TrainResult:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -72,7 +84,7 @@ def train_lora(config: TrainConfig) -> TrainResult:
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.base_dir)
     model = AutoModelForCausalLM.from_pretrained(config.base_dir, dtype=torch.float32)
-    rows = [to_prompt_completion(e) for e in read_chat_examples(config.train_file)]
+    rows = [row for e in read_chat_examples(config.train_file) for row in to_training_rows(e)]
     dataset = Dataset.from_list(rows)
     args = SFTConfig(
         output_dir=str(config.out_dir / "trainer"),
