@@ -191,9 +191,14 @@ def run(spec: JobSpec, events: EventSink) -> None:
         report_to=[],
         seed=spec.seed,
         data_seed=spec.seed,
-        max_length=spec.max_length,
+        # Lengths were checked against max_length before training; padding-free
+        # batches do not truncate (TRL asks for None to say so).
+        max_length=None,
         use_cpu=not torch.cuda.is_available(),
         completion_only_loss=True,  # loss on the assistant's answer only
+        # No padding: a batch is its examples' tokens end to end, kept apart by position_ids
+        # (transformers builds a block-diagonal mask for them), so no compute goes to pad tokens.
+        padding_free=True,
         disable_tqdm=True,
     )
     lora = LoraConfig(

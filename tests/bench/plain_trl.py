@@ -36,15 +36,25 @@ def main() -> None:
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
         args=SFTConfig(
-            output_dir="/tmp/plain-trl", num_train_epochs=int(epochs),
-            per_device_train_batch_size=int(batch), learning_rate=float(lr),
-            lr_scheduler_type="constant_with_warmup", warmup_steps=1, logging_steps=1,
-            save_strategy="no", report_to=[], seed=0, use_cpu=not torch.cuda.is_available(),
+            output_dir="/tmp/plain-trl",
+            num_train_epochs=int(epochs),
+            per_device_train_batch_size=int(batch),
+            learning_rate=float(lr),
+            lr_scheduler_type="constant_with_warmup",
+            warmup_steps=min(5, max(1, len(rows) // int(batch))),
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            seed=0,
+            data_seed=0,
+            use_cpu=not torch.cuda.is_available(),
             disable_tqdm=True,
         ),
         train_dataset=Dataset.from_list(rows),
         processing_class=AutoTokenizer.from_pretrained(base),
-        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+        peft_config=LoraConfig(
+            r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"
+        ),
         callbacks=[Losses()],
     )
     started = time.perf_counter()

@@ -352,8 +352,10 @@ def _varied_dataset(path: Path, count: int) -> None:
         for i in range(count):
             length = 4 + (i * 37) % 150
             answer = " ".join(words[(i + j) % len(words)] for j in range(length))
-            messages = [{"role": "user", "content": f"Tell me story number {i}."},
-                        {"role": "assistant", "content": answer.capitalize() + "."}]
+            messages = [
+                {"role": "user", "content": f"Tell me story number {i}."},
+                {"role": "assistant", "content": answer.capitalize() + "."},
+            ]
             out.write(json.dumps({"messages": messages}) + "\n")
 
 
@@ -366,30 +368,63 @@ async def tuner(quick: bool) -> list[Row]:
         data = run_dir / "train.jsonl"
         _varied_dataset(data, 32 if quick else 64)
         base = BASE_CONFIG.parent
-        plain = json.loads(_last_line(await _python(
-            "-m", "tests.bench.plain_trl", str(base), str(data), str(epochs), str(batch), str(lr)
-        )))
-        (run_dir / "job.json").write_text(json.dumps({
-            "base_dir": str(base), "n_epochs": epochs, "batch_size": batch, "learning_rate": lr,
-            "seed": 0, "max_length": 2048,
-            "lora": {"rank": 8, "alpha": 16, "target_modules": "all-linear"},
-        }))
-        events = [json.loads(line) for line in (await _python("-m", "tuner.job", str(run_dir))).splitlines()]
+        plain = json.loads(
+            _last_line(
+                await _python(
+                    "-m",
+                    "tests.bench.plain_trl",
+                    str(base),
+                    str(data),
+                    str(epochs),
+                    str(batch),
+                    str(lr),
+                )
+            )
+        )
+        (run_dir / "job.json").write_text(
+            json.dumps(
+                {
+                    "base_dir": str(base),
+                    "n_epochs": epochs,
+                    "batch_size": batch,
+                    "learning_rate": lr,
+                    "seed": 0,
+                    "max_length": 2048,
+                    "lora": {"rank": 8, "alpha": 16, "target_modules": "all-linear"},
+                }
+            )
+        )
+        events = [
+            json.loads(line)
+            for line in (await _python("-m", "tuner.job", str(run_dir))).splitlines()
+        ]
     result = next(e for e in events if e["type"] == "result")
     ours = [e["train_loss"] for e in events if e["type"] == "progress"]
     tokens = result["trained_tokens"]
     plain_rate, our_rate = tokens / plain["seconds"], tokens / result["train_seconds"]
     drift = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(ours, plain["losses"], strict=True))
     return [
-        Row("tuner", "trained tokens/s", plain_rate, our_rate, "tok/s", "≥ 1.3× plain TRL",
-            our_rate / plain_rate >= 1.3),
-        Row("tuner", "loss curve, max rel. diff", 1.0, 1.0 + drift, "×", "≤ 2% apart", drift <= 0.02),
+        Row(
+            "tuner",
+            "trained tokens/s",
+            plain_rate,
+            our_rate,
+            "tok/s",
+            "≥ 1.3× plain TRL",
+            our_rate / plain_rate >= 1.3,
+        ),
+        Row(
+            "tuner", "loss curve, max rel. diff", 1.0, 1.0 + drift, "×", "≤ 2% apart", drift <= 0.02
+        ),
     ]
 
 
 async def _python(*args: str) -> str:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, *args, cwd=REPO, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        *args,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
     out, _ = await process.communicate()

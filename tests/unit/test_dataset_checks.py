@@ -111,12 +111,17 @@ def test_auto_hyperparameters_follow_openais_epoch_rule():
 def test_every_assistant_turn_is_trained_unless_weight_is_zero():
     from tuner.sft import to_training_rows
 
-    example = {"messages": [
-        {"role": "system", "content": "s"}, {"role": "user", "content": "u1"},
-        {"role": "assistant", "content": "a1", "weight": 0}, {"role": "user", "content": "u2"},
-        {"role": "assistant", "content": "a2"}, {"role": "user", "content": "u3"},
-        {"role": "assistant", "content": "a3"},
-    ]}
+    example = {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "u1"},
+            {"role": "assistant", "content": "a1", "weight": 0},
+            {"role": "user", "content": "u2"},
+            {"role": "assistant", "content": "a2"},
+            {"role": "user", "content": "u3"},
+            {"role": "assistant", "content": "a3"},
+        ]
+    }
     rows = to_training_rows(example)
     assert [r["completion"][0]["content"] for r in rows] == ["a2", "a3"]
     assert [m["content"] for m in rows[1]["prompt"]] == ["s", "u1", "a1", "u2", "a2", "u3"]
