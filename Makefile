@@ -21,10 +21,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 INSTALLED := $(VENV)/.installed-$(ENGINE)
 MODEL := $(DATA_ROOT)/models/smollm2-135m-instruct/config.json
+# llama.cpp's GGUF converter, from the sdist of the installed llama-cpp-python.
+TOOLS := $(VENV)/share/tunegate
+CONVERTER := $(TOOLS)/llama.cpp/convert_hf_to_gguf.py
 
 .PHONY: setup serve test test-unit test-e2e bench lint clean
 
-setup: $(INSTALLED) $(MODEL)
+setup: $(INSTALLED) $(MODEL) $(CONVERTER)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +59,18 @@ $(MODEL): | $(INSTALLED)
 	@echo ">> deriving the embedded SmolLM2 checkpoint (once, about a minute)"
 	$(PY) -m tuner.prepare_base --gguf "$$($(PY) -c 'from gateway.base_models import embedded_gguf_path as p; print(p())')" \
 		--out $(DATA_ROOT)/models/smollm2-135m-instruct
+
+# The converter that matches the compiled llama.cpp: same llama-cpp-python version.
+$(CONVERTER): | $(INSTALLED)
+	@echo ">> fetching llama.cpp's GGUF converter (once)"
+	rm -rf $(TOOLS)/sdist && mkdir -p $(TOOLS)/sdist
+	$(PIP) download --quiet --no-binary :all: --no-deps -d $(TOOLS)/sdist \
+		"llama-cpp-python==$$($(PY) -c 'import llama_cpp; print(llama_cpp.__version__)')"
+	tar -xzf $(TOOLS)/sdist/llama_cpp_python-*.tar.gz -C $(TOOLS)/sdist --wildcards \
+		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion/*' \
+		'*/vendor/llama.cpp/gguf-py/*'
+	rm -rf $(TOOLS)/llama.cpp && mv $(TOOLS)/sdist/llama_cpp_python-*/vendor/llama.cpp $(TOOLS)/llama.cpp
+	rm -rf $(TOOLS)/sdist
 
 serve: setup
 	$(PY) -m gateway --data-root $(DATA_ROOT)

@@ -10,7 +10,15 @@ from fastapi import FastAPI
 
 from gateway.error_handlers import install_error_handlers
 from gateway.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from gateway.routes import adapters, files, fine_tunes, fine_tuning, inference, operations
+from gateway.routes import (
+    adapters,
+    files,
+    fine_tunes,
+    fine_tuning,
+    inference,
+    merges,
+    operations,
+)
 from gateway.runtime import build_runtime
 from gateway.settings import Settings
 
@@ -40,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(inference.router)
+    app.include_router(merges.router)
     app.include_router(adapters.router)
     app.include_router(files.router)
     app.include_router(fine_tuning.router)

@@ -25,6 +25,7 @@ from gateway.engines.vllm import ExternalVllmEngine, ManagedVllmEngine
 from gateway.finetune.database import open_database
 from gateway.finetune.files import FileStore
 from gateway.finetune.jobs_store import JobStore
+from gateway.finetune.merges import MergeService
 from gateway.finetune.service import FineTuningService
 from gateway.forwarding import Forwarder
 from gateway.metrics import GatewayMetrics
@@ -43,6 +44,7 @@ class GatewayRuntime:
     forwarder: Forwarder
     adapters: AdapterService
     fine_tuning: FineTuningService
+    merges: MergeService
     draining: bool = False
 
     def engine_statuses(self) -> list[EngineStatus]:
@@ -62,6 +64,7 @@ class GatewayRuntime:
     async def close(self) -> None:
         self.draining = True
         await self.fine_tuning.stop()
+        await self.merges.stop()
         await asyncio.gather(*(e.stop() for e in self.engines.values()), return_exceptions=True)
         await self.http.aclose()
 
@@ -160,6 +163,8 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
     metrics = GatewayMetrics()
     forwarder = Forwarder(catalog, builder.engines, http, metrics)
     database = open_database(settings.data_root / "jobs.sqlite")
+    base_dirs = {s.id: s.hf_dir for s in specs if s.hf_dir is not None}
+    merges = MergeService(settings, database, adapters, catalog, builder.engines, base_dirs)
     fine_tuning = FineTuningService(
         settings,
         JobStore(database),
@@ -167,7 +172,8 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
         adapters,
         catalog,
         forwarder,
-        base_dirs={s.id: s.hf_dir for s in specs if s.hf_dir is not None},
+        base_dirs=base_dirs,
+        merges=merges,
     )
     runtime = GatewayRuntime(
         settings=settings,
@@ -178,7 +184,9 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
         forwarder=forwarder,
         adapters=adapters,
         fine_tuning=fine_tuning,
+        merges=merges,
     )
+    merges.start()
     fine_tuning.start()
     for engine in builder.engines.values():
         await engine.start()

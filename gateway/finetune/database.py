@@ -1,4 +1,4 @@
-"""The SQLite database of files, jobs, events and checkpoints (``<data root>/jobs.sqlite``).
+"""The SQLite database of files, jobs, events, checkpoints and merges (``<data root>/jobs.sqlite``).
 
 WAL mode and synchronous=NORMAL: a crash loses at most the last moments of
 progress events, never a committed job. Every write is one short transaction
@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     metrics TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS checkpoints_by_job ON checkpoints (job_id, seq);
+CREATE TABLE IF NOT EXISTS merges (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    status TEXT NOT NULL,
+    body TEXT NOT NULL
+);
 """
 
 

@@ -53,6 +53,9 @@ class CreateJobRequest(BaseModel):
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     integrations: list[dict[str, Any]] | None = None
+    # Extra: also merge the adapter and export a GGUF for llama.cpp when training ends,
+    # e.g. ["gguf"] (q8_0) or ["gguf:f16", "gguf:q4_k_m"].
+    export: list[str] | None = None
 
     def chosen_hyperparameters(self) -> Hyperparameters:
         if self.method and self.method.supervised and self.method.supervised.hyperparameters:

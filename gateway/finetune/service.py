@@ -29,6 +29,7 @@ from gateway.catalog import ModelCatalog
 from gateway.errors import InvalidRequestError, TunegateError
 from gateway.finetune.files import FileStore
 from gateway.finetune.jobs_store import TERMINAL, JobStore, new_job_id, public
+from gateway.finetune.merges import MergeService, check_quantization
 from gateway.finetune.protocol import CreateJobRequest
 from gateway.finetune.trainer_process import TrainerProcess
 from gateway.forwarding import Forwarder
@@ -60,6 +61,7 @@ class FineTuningService:
         catalog: ModelCatalog,
         forwarder: Forwarder,
         base_dirs: dict[str, Path],
+        merges: MergeService,
     ) -> None:
         self._settings = settings
         self.store = store
@@ -68,6 +70,7 @@ class FineTuningService:
         self._catalog = catalog
         self._forwarder = forwarder
         self._base_dirs = base_dirs
+        self._merges = merges
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._validations: set[asyncio.Task[None]] = set()
@@ -111,6 +114,7 @@ class FineTuningService:
                 param="hyperparameters.lora_rank",
             )
         shown = chosen.requested()
+        exports = [_export_quantization(item) for item in request.export or []]
         job = {
             "id": job_id,
             "object": "fine_tuning.job",
@@ -134,6 +138,7 @@ class FineTuningService:
             "user_provided_suffix": request.suffix,
             "_suffix": suffix,
             "_requested": chosen.requested(),
+            "_export": exports,
         }
         self.store.insert(job)
         self.store.add_event(job_id, f"Created fine-tuning job: {job_id}")
@@ -392,6 +397,12 @@ class FineTuningService:
         )
         self.store.add_event(job_id, f"New fine-tuned model created: {manifest.id}")
         self.store.add_event(job_id, "The job has successfully completed.")
+        for quantization in job.get("_export", []):
+            merge = self._merges.request(manifest.id, quantization)
+            self.store.add_event(
+                job_id, f"Export to GGUF ({quantization}) started as {merge['id']}; the model will be "
+                f"{merge['model']}.", data={"merge_id": merge["id"], "model": merge["model"]},
+            )
 
     async def _record_samples(self, job_id: str, model_id: str, valid_loss: float | None) -> None:
         """A few held-out prompts through the base and the new adapter, side by side."""
@@ -489,6 +500,14 @@ def _metrics_csv(metrics: list[dict[str, Any]]) -> bytes:
             ]
         )
     return out.getvalue().encode()
+
+
+def _export_quantization(item: str) -> str:
+    """``"gguf"`` (q8_0) or ``"gguf:<quantization>"``."""
+    kind, _, quantization = item.partition(":")
+    if kind != "gguf":
+        raise InvalidRequestError("'export' items are \"gguf\" or \"gguf:<quantization>\".", param="export")
+    return check_quantization(quantization or "q8_0")
 
 
 def _fmt(value: float | None) -> str:

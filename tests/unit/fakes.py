@@ -16,6 +16,7 @@ from gateway.errors import EngineUnavailableError
 from gateway.finetune.database import open_database
 from gateway.finetune.files import FileStore
 from gateway.finetune.jobs_store import JobStore
+from gateway.finetune.merges import MergeService
 from gateway.finetune.service import FineTuningService
 from gateway.forwarding import Forwarder
 from gateway.metrics import GatewayMetrics
@@ -129,6 +130,7 @@ def fake_runtime(settings: Settings, upstream: FakeUpstream) -> GatewayRuntime:
     metrics = GatewayMetrics()
     forwarder = Forwarder(catalog, engines, http, metrics)  # type: ignore[arg-type]
     database = open_database(settings.data_root / "jobs.sqlite")
+    merges = MergeService(settings, database, adapters, catalog, engines, {"base": base_dir})  # type: ignore[arg-type]
     fine_tuning = FineTuningService(
         settings,
         JobStore(database),
@@ -137,6 +139,7 @@ def fake_runtime(settings: Settings, upstream: FakeUpstream) -> GatewayRuntime:
         catalog,
         forwarder,
         base_dirs={"base": base_dir},
+        merges=merges,
     )
     return GatewayRuntime(
         settings=settings,
@@ -147,4 +150,5 @@ def fake_runtime(settings: Settings, upstream: FakeUpstream) -> GatewayRuntime:
         forwarder=forwarder,
         adapters=adapters,
         fine_tuning=fine_tuning,
+        merges=merges,
     )

@@ -1,0 +1,134 @@
+"""Merge a LoRA adapter into its base and export a GGUF for llama.cpp.
+
+    python -m tuner.export --base HF_DIR --adapter ADAPTER_DIR --out FILE.gguf \\
+        [--quantization q8_0|f16|q4_k_m] [--work DIR]
+
+1. PEFT ``merge_and_unload`` into an HF checkpoint (with the base's tokenizer
+   and chat template, so the merged model stops where the adapter stops);
+2. llama.cpp's own ``convert_hf_to_gguf.py``, from the sdist of the pinned
+   llama-cpp-python (set up by ``make setup`` under the venv's share/ folder);
+3. for types the converter cannot write (q4_k_m), llama.cpp's quantiser via
+   llama-cpp-python.
+
+The GGUF is written next to ``--out`` under a temporary name and renamed into
+place last: a failed or killed export leaves no file at ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+CONVERTER_DIR = Path(sys.prefix) / "share" / "tunegate" / "llama.cpp"
+# Quantisation -> (converter --outtype, llama.cpp ftype to quantise to afterwards, or None).
+QUANTIZATIONS: dict[str, tuple[str, str | None]] = {
+    "f16": ("f16", None),
+    "q8_0": ("q8_0", None),
+    "q4_k_m": ("f16", "LLAMA_FTYPE_MOSTLY_Q4_K_M"),
+}
+
+
+class ExportError(Exception):
+    pass
+
+
+def merge(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+def convert(hf_dir: Path, out_file: Path, outtype: str, converter_dir: Path = CONVERTER_DIR) -> Path:
+    script = converter_dir / "convert_hf_to_gguf.py"
+    if not script.is_file():
+        raise ExportError("llama.cpp's converter is not installed; run `make setup`.")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(converter_dir / "gguf-py"), str(converter_dir)]),
+        "HF_HUB_OFFLINE": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, str(script), str(hf_dir), "--outfile", str(out_file), "--outtype", outtype],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    if result.returncode != 0 or not out_file.is_file():
+        sys.stderr.write(result.stdout[-4000:])
+        raise ExportError(f"the GGUF converter failed (exit status {result.returncode})")
+    return out_file
+
+
+def quantize(source: Path, target: Path, ftype: str) -> Path:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, ftype)
+    status = llama_cpp.llama_model_quantize(
+        str(source).encode(), str(target).encode(), ctypes.byref(params)
+    )
+    if status != 0 or not target.is_file():
+        raise ExportError(f"llama.cpp's quantiser failed (status {status})")
+    return target
+
+
+def export(
+    base_dir: Path, adapter_dir: Path, out_file: Path, quantization: str, work_dir: Path,
+    log: Callable[[str], None] = lambda message: print(message, flush=True),
+) -> Path:
+    if quantization not in QUANTIZATIONS:
+        raise ExportError(f"unknown quantization {quantization!r}")
+    outtype, ftype = QUANTIZATIONS[quantization]
+    log("merging the adapter into the base")
+    merged = merge(base_dir, adapter_dir, work_dir / "merged")
+    log(f"converting to GGUF ({outtype})")
+    converted = convert(merged, work_dir / f"model-{outtype}.gguf", outtype)
+    if ftype is not None:
+        log(f"quantising to {quantization}")
+        converted = quantize(converted, work_dir / f"model-{quantization}.gguf", ftype)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_file.with_name(f".{out_file.name}.partial")
+    shutil.copyfile(converted, staging)
+    with staging.open("rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(staging, out_file)
+    return out_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, required=True)
+    parser.add_argument("--adapter", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quantization", default="q8_0", choices=sorted(QUANTIZATIONS))
+    parser.add_argument("--work", type=Path)
+    args = parser.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="tunegate-export-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        export(args.base, args.adapter, args.out, args.quantization, work)
+    except (ExportError, OSError) as exc:
+        staging = args.out.with_name(f".{args.out.name}.partial")
+        staging.unlink(missing_ok=True)
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"exported {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
