@@ -116,6 +116,8 @@ class SupervisedProcess:
     def start(self) -> None:
         if self._supervisor is None:
             self._stopping = False
+            # Starting from now, not from when the task first runs: a caller may wait on it at once.
+            self._set_state(EngineState.STARTING)
             self._supervisor = asyncio.create_task(
                 self._supervise(), name=f"supervise-{self.spec.name}"
             )
