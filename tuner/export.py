@@ -52,7 +52,9 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def convert(hf_dir: Path, out_file: Path, outtype: str, converter_dir: Path = CONVERTER_DIR) -> Path:
+def convert(
+    hf_dir: Path, out_file: Path, outtype: str, converter_dir: Path = CONVERTER_DIR
+) -> Path:
     script = converter_dir / "convert_hf_to_gguf.py"
     if not script.is_file():
         raise ExportError("llama.cpp's converter is not installed; run `make setup`.")
@@ -62,8 +64,19 @@ def convert(hf_dir: Path, out_file: Path, outtype: str, converter_dir: Path = CO
         "HF_HUB_OFFLINE": "1",
     }
     result = subprocess.run(
-        [sys.executable, str(script), str(hf_dir), "--outfile", str(out_file), "--outtype", outtype],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            str(script),
+            str(hf_dir),
+            "--outfile",
+            str(out_file),
+            "--outtype",
+            outtype,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     if result.returncode != 0 or not out_file.is_file():
         sys.stderr.write(result.stdout[-4000:])
@@ -85,7 +98,11 @@ def quantize(source: Path, target: Path, ftype: str) -> Path:
 
 
 def export(
-    base_dir: Path, adapter_dir: Path, out_file: Path, quantization: str, work_dir: Path,
+    base_dir: Path,
+    adapter_dir: Path,
+    out_file: Path,
+    quantization: str,
+    work_dir: Path,
     log: Callable[[str], None] = lambda message: print(message, flush=True),
 ) -> Path:
     if quantization not in QUANTIZATIONS:

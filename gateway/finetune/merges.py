@@ -50,15 +50,21 @@ def check_quantization(value: Any) -> str:
     if value not in QUANTIZATIONS:
         raise InvalidRequestError(
             f"'quantization' must be one of {', '.join(sorted(QUANTIZATIONS))}.",
-            param="quantization", code="invalid_quantization",
+            param="quantization",
+            code="invalid_quantization",
         )
     return str(value)
 
 
 class MergeService:
     def __init__(
-        self, settings: Settings, db: sqlite3.Connection, adapters: AdapterService,
-        catalog: ModelCatalog, engines: dict[str, Engine], base_dirs: dict[str, Path],
+        self,
+        settings: Settings,
+        db: sqlite3.Connection,
+        adapters: AdapterService,
+        catalog: ModelCatalog,
+        engines: dict[str, Engine],
+        base_dirs: dict[str, Path],
     ) -> None:
         self._settings = settings
         self._db = db
@@ -76,14 +82,24 @@ class MergeService:
         for leftover in self.folder.glob(".*.partial"):
             leftover.unlink(missing_ok=True)
         for merge in self._with_status("queued", "running"):
-            self._update(merge["id"], status="failed", finished_at=int(time.time()), error={
-                "code": "server_restarted", "param": None,
-                "message": "The gateway restarted during this merge; request it again.",
-            })
+            self._update(
+                merge["id"],
+                status="failed",
+                finished_at=int(time.time()),
+                error={
+                    "code": "server_restarted",
+                    "param": None,
+                    "message": "The gateway restarted during this merge; request it again.",
+                },
+            )
         for manifest_file in sorted(self.folder.glob("*.json")):
             manifest = json.loads(manifest_file.read_text())
             gguf = self.folder / f"{manifest['id']}.gguf"
-            if gguf.is_file() and manifest["id"] not in self._catalog and manifest["adapter"] in self._catalog:
+            if (
+                gguf.is_file()
+                and manifest["id"] not in self._catalog
+                and manifest["adapter"] in self._catalog
+            ):
                 self._catalog.add(self._entry(manifest))
 
     async def stop(self) -> None:
@@ -95,7 +111,9 @@ class MergeService:
         quantization = check_quantization(quantization or DEFAULT_QUANTIZATION)
         adapter = self._adapters.get(adapter_name)
         if "llama.cpp" not in self._engines:
-            raise InvalidRequestError("llama.cpp is turned off here (llamacpp_enabled).", param="model")
+            raise InvalidRequestError(
+                "llama.cpp is turned off here (llamacpp_enabled).", param="model"
+            )
         model_id = merged_model_id(adapter.id, quantization)
         if model_id in self._catalog or self._with_model(model_id):
             raise ConflictError(f"'{model_id}' exists or is being made.", param="quantization")
@@ -140,7 +158,9 @@ class MergeService:
             raise NotFoundError(f"'{model_id}' is not a merged model.", param="model")
         await self._engines[entry.engine_key].release(entry)
         self._catalog.remove(entry.id)
-        (self.folder / f"{entry.id}.json").unlink(missing_ok=True)  # manifest first: never half-served
+        (self.folder / f"{entry.id}.json").unlink(
+            missing_ok=True
+        )  # manifest first: never half-served
         (self.folder / f"{entry.id}.gguf").unlink(missing_ok=True)
 
     # --- the work ---------------------------------------------------------------
@@ -154,28 +174,49 @@ class MergeService:
             log_path = work / "export.log"
             with log_path.open("wb") as log_file:
                 process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "tuner.export",
-                    "--base", str(self._base_dirs[adapter.base]),
-                    "--adapter", str(self._adapters.registry.folder_of(adapter.id)),
-                    "--out", str(gguf), "--quantization", merge["quantization"],
-                    "--work", str(work / "work"),
-                    stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+                    sys.executable,
+                    "-m",
+                    "tuner.export",
+                    "--base",
+                    str(self._base_dirs[adapter.base]),
+                    "--adapter",
+                    str(self._adapters.registry.folder_of(adapter.id)),
+                    "--out",
+                    str(gguf),
+                    "--quantization",
+                    merge["quantization"],
+                    "--work",
+                    str(work / "work"),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=asyncio.subprocess.STDOUT,
                     env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                    start_new_session=True, preexec_fn=die_with_parent,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent,
                 )
                 returncode = await process.wait()
             if returncode != 0 or not gguf.is_file():
                 gguf.unlink(missing_ok=True)
                 reason = _last_line(log_path)
-                self._update(merge_id, status="failed", finished_at=int(time.time()), error={
-                    "code": "export_failed", "param": None,
-                    "message": f"The merge failed: {reason}",
-                })
+                self._update(
+                    merge_id,
+                    status="failed",
+                    finished_at=int(time.time()),
+                    error={
+                        "code": "export_failed",
+                        "param": None,
+                        "message": f"The merge failed: {reason}",
+                    },
+                )
                 return
             manifest = {
-                "id": merge["model"], "adapter": adapter.id, "base": adapter.base,
-                "quantization": merge["quantization"], "bytes": gguf.stat().st_size,
-                "created_at": int(time.time()), "merge_id": merge_id,
+                "id": merge["model"],
+                "adapter": adapter.id,
+                "base": adapter.base,
+                "quantization": merge["quantization"],
+                "bytes": gguf.stat().st_size,
+                "created_at": int(time.time()),
+                "merge_id": merge_id,
             }
             staging = self.folder / f".{merge['model']}.json.partial"
             staging.write_text(json.dumps(manifest, indent=2))
@@ -186,11 +227,20 @@ class MergeService:
     def _entry(self, manifest: dict[str, Any]) -> ModelEntry:
         adapter = self._catalog.resolve(manifest["adapter"])
         return ModelEntry(
-            id=manifest["id"], kind="merged", engine="llama.cpp", engine_key="llama.cpp",
-            weights=self.folder / f"{manifest['id']}.gguf", owned_by=adapter.owned_by,
-            parent=manifest["adapter"], root=manifest["base"], created=manifest["created_at"],
-            extra={"quantization": manifest["quantization"], "bytes": manifest["bytes"],
-                   "source": {"adapter": manifest["adapter"], "merge_id": manifest["merge_id"]}},
+            id=manifest["id"],
+            kind="merged",
+            engine="llama.cpp",
+            engine_key="llama.cpp",
+            weights=self.folder / f"{manifest['id']}.gguf",
+            owned_by=adapter.owned_by,
+            parent=manifest["adapter"],
+            root=manifest["base"],
+            created=manifest["created_at"],
+            extra={
+                "quantization": manifest["quantization"],
+                "bytes": manifest["bytes"],
+                "source": {"adapter": manifest["adapter"], "merge_id": manifest["merge_id"]},
+            },
         )
 
     def _update(self, merge_id: str, **changes: Any) -> dict[str, Any]:
@@ -203,7 +253,9 @@ class MergeService:
 
     def _with_status(self, *statuses: str) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(statuses))
-        rows = self._db.execute(f"SELECT body FROM merges WHERE status IN ({marks})", statuses).fetchall()
+        rows = self._db.execute(
+            f"SELECT body FROM merges WHERE status IN ({marks})", statuses
+        ).fetchall()
         return [json.loads(r["body"]) for r in rows]
 
     def _with_model(self, model_id: str) -> bool:

@@ -400,8 +400,10 @@ class FineTuningService:
         for quantization in job.get("_export", []):
             merge = self._merges.request(manifest.id, quantization)
             self.store.add_event(
-                job_id, f"Export to GGUF ({quantization}) started as {merge['id']}; the model will be "
-                f"{merge['model']}.", data={"merge_id": merge["id"], "model": merge["model"]},
+                job_id,
+                f"Export to GGUF ({quantization}) started as {merge['id']}; the model will be "
+                f"{merge['model']}.",
+                data={"merge_id": merge["id"], "model": merge["model"]},
             )
 
     async def _record_samples(self, job_id: str, model_id: str, valid_loss: float | None) -> None:
@@ -506,7 +508,9 @@ def _export_quantization(item: str) -> str:
     """``"gguf"`` (q8_0) or ``"gguf:<quantization>"``."""
     kind, _, quantization = item.partition(":")
     if kind != "gguf":
-        raise InvalidRequestError("'export' items are \"gguf\" or \"gguf:<quantization>\".", param="export")
+        raise InvalidRequestError(
+            '\'export\' items are "gguf" or "gguf:<quantization>".', param="export"
+        )
     return check_quantization(quantization or "q8_0")
 
 

@@ -1,9 +1,9 @@
 """Merging adapters into GGUF models for llama.cpp, and removing models.
 
-    POST   /v1/adapters/{id}/merge   {"quantization": "q8_0" | "f16" | "q4_k_m"}  → a merge
-    GET    /v1/merges                every merge, newest first
-    GET    /v1/merges/{merge_id}     one merge: queued, running, succeeded or failed
-    DELETE /v1/models/{model}        remove a fine-tuned or merged model (as OpenAI's route)
+POST   /v1/adapters/{id}/merge   {"quantization": "q8_0" | "f16" | "q4_k_m"}  → a merge
+GET    /v1/merges                every merge, newest first
+GET    /v1/merges/{merge_id}     one merge: queued, running, succeeded or failed
+DELETE /v1/models/{model}        remove a fine-tuned or merged model (as OpenAI's route)
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ async def merge_adapter(adapter_id: str, request: Request) -> dict[str, Any]:
         raise InvalidRequestError("The body must be JSON.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The body must be a JSON object.", code="invalid_json")
-    return runtime_of(request).merges.request(check_lookup_name(adapter_id), body.get("quantization"))
+    return runtime_of(request).merges.request(
+        check_lookup_name(adapter_id), body.get("quantization")
+    )
 
 
 @router.get("/v1/merges")

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.bench.suites import Row, adapters, gateway_overhead, real_engines, tuner
+from tests.bench.suites import Row, adapters, gateway_overhead, merged, real_engines, tuner
 
 
 def render(rows: list[Row]) -> str:
@@ -40,13 +40,17 @@ async def run(suite: str, quick: bool) -> list[Row]:
         rows += await adapters(rounds=9 if quick else 18, duration_s=8 if quick else 20)
     if suite in ("tuner", "all"):
         rows += await tuner(quick)
+    if suite in ("merged", "all"):
+        rows += await merged(rounds=3 if quick else 5)
     return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument(
-        "--suite", choices=("overhead", "engines", "adapters", "tuner", "all"), default="all"
+        "--suite",
+        choices=("overhead", "engines", "adapters", "tuner", "merged", "all"),
+        default="all",
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     parser.add_argument("--out", type=Path, default=Path("var/bench/results.json"))

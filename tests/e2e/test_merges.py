@@ -21,7 +21,10 @@ pytestmark = pytest.mark.e2e
 
 # Prompts from the training data: the trained answer is certain, so every
 # precision must give the same text.
-TRAINED = [json.loads(line)["messages"] for line in (DATA / "json_answers.jsonl").read_text().splitlines()[:3]]
+TRAINED = [
+    json.loads(line)["messages"]
+    for line in (DATA / "json_answers.jsonl").read_text().splitlines()[:3]
+]
 
 
 def merge(http: httpx.Client, adapter: str, quantization: str) -> dict:
@@ -52,13 +55,19 @@ def merged_json(gateway, trained_adapters) -> dict[str, str]:
 
 def test_fine_tune_with_export_serves_the_merged_model(client, gateway):
     job = client.fine_tuning.jobs.create(
-        model=BASE, training_file=upload(client, DATA / "json_answers.jsonl"), suffix="jsongguf",
-        hyperparameters={"n_epochs": 6}, extra_body={"export": ["gguf"]},
+        model=BASE,
+        training_file=upload(client, DATA / "json_answers.jsonl"),
+        suffix="jsongguf",
+        hyperparameters={"n_epochs": 6},
+        extra_body={"export": ["gguf"]},
     )
     job = wait_for(client, job.id, {"succeeded", "failed", "cancelled"})
     assert job.status == "succeeded", job.error
-    started = next(e for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data
-                   if e.data and "merge_id" in e.data)
+    started = next(
+        e
+        for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data
+        if e.data and "merge_id" in e.data
+    )
     with gateway.http() as http:
         state = wait_merge(http, started.data["merge_id"])
     assert state["status"] == "succeeded", state
@@ -71,8 +80,11 @@ def test_fine_tune_with_export_serves_the_merged_model(client, gateway):
     for question in UNSEEN:
         assert is_json_style(ask(client, model, question))
     stream = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": UNSEEN[0]}], max_tokens=16,
-        temperature=0, stream=True,
+        model=model,
+        messages=[{"role": "user", "content": UNSEEN[0]}],
+        max_tokens=16,
+        temperature=0,
+        stream=True,
     )
     assert is_json_style("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
 
@@ -90,15 +102,24 @@ def test_parity_between_peft_vllm_and_llamacpp(client, gateway, trained_adapters
     )
     for messages in TRAINED:
         prompt = messages[:-1]
-        inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
-                                               return_dict=True)
+        inputs = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
-        peft_text = tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        peft_text = tokenizer.decode(
+            output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
         answers = {
             name: client.chat.completions.create(
                 model=served, messages=prompt, max_tokens=24, temperature=0
-            ).choices[0].message.content
-            for name, served in (("vllm", adapter), ("f16", merged_json["f16"]), ("q8_0", merged_json["q8_0"]))
+            )
+            .choices[0]
+            .message.content
+            for name, served in (
+                ("vllm", adapter),
+                ("f16", merged_json["f16"]),
+                ("q8_0", merged_json["q8_0"]),
+            )
         }
         assert peft_text.strip() == messages[-1]["content"]
         assert answers["vllm"].strip() == peft_text.strip(), answers
@@ -128,7 +149,9 @@ def test_bad_merge_requests_fail_cleanly(gateway, trained_adapters):
     with gateway.http() as http:
         unknown = http.post("/v1/adapters/ft:nope:local:x:y/merge", json={})
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "adapter_not_found"
-        bad = http.post(f"/v1/adapters/{trained_adapters['ahoy']}/merge", json={"quantization": "q3_z"})
+        bad = http.post(
+            f"/v1/adapters/{trained_adapters['ahoy']}/merge", json={"quantization": "q3_z"}
+        )
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "quantization"
 
         # A full disk, simulated: the gateway (and so the exporter it starts) may
