@@ -10,7 +10,8 @@ the gateway as JSON lines on stdout, each one event:
     {"type": "checkpoint", "step", "epoch", "train_loss", "train_mean_token_accuracy",
      "valid_loss", "valid_mean_token_accuracy"}
     {"type": "warning", "message"}
-    {"type": "result", "adapter_dir", "steps", "trained_tokens", "train_loss", "valid_loss"}
+    {"type": "result", "adapter_dir", "steps", "trained_tokens", "train_loss", "valid_loss",
+     "train_seconds"}
 
 Everything the libraries print goes to stderr (the run's log). The adapter
 saved is the checkpoint with the lowest validation loss when there is
@@ -27,7 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tuner.sft import LoraOptions, to_training_rows
+from tuner.examples import to_training_rows
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
 
 
 @dataclass(frozen=True)

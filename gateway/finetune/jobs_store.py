@@ -107,17 +107,7 @@ class JobStore:
         return event
 
     def events(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
-        self.get(job_id)
-        check_limit(limit)
-        params: list[Any] = [job_id]
-        where = "job_id = ?"
-        if after:
-            where += " AND seq < ?"
-            params.append(self._seq("events", after, lambda _: JobNotFoundError(after)))
-        rows = self._db.execute(
-            f"SELECT * FROM events WHERE {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1)
-        ).fetchall()
-        return page([_event(r) for r in rows[:limit]], len(rows) > limit)
+        return self._job_page("events", _event, job_id, after, limit)
 
     def events_since(self, job_id: str, seq: int) -> list[tuple[int, dict[str, Any]]]:
         """Events after ``seq``, oldest first, with their sequence numbers (for live streams)."""
@@ -142,18 +132,7 @@ class JobStore:
         )
 
     def checkpoints(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
-        self.get(job_id)
-        check_limit(limit)
-        params: list[Any] = [job_id]
-        where = "job_id = ?"
-        if after:
-            where += " AND seq < ?"
-            params.append(self._seq("checkpoints", after, lambda _: JobNotFoundError(after)))
-        rows = self._db.execute(
-            f"SELECT * FROM checkpoints WHERE {where} ORDER BY seq DESC LIMIT ?",
-            (*params, limit + 1),
-        ).fetchall()
-        return page([_checkpoint(r) for r in rows[:limit]], len(rows) > limit)
+        return self._job_page("checkpoints", _checkpoint, job_id, after, limit)
 
     def all_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
@@ -161,11 +140,31 @@ class JobStore:
         ).fetchall()
         return [_checkpoint(r) for r in rows]
 
+    def _job_page(
+        self, table: str, to_object: Any, job_id: str, after: str | None, limit: int
+    ) -> dict[str, Any]:
+        """One page of a job's events or checkpoints, newest first, after the ``after`` id."""
+        self.get(job_id)
+        check_limit(limit)
+        params: list[Any] = [job_id]
+        where = "job_id = ?"
+        if after:
+            where += " AND seq < ?"
+            params.append(self._seq(table, after, _unknown_cursor))
+        rows = self._db.execute(
+            f"SELECT * FROM {table} WHERE {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1)
+        ).fetchall()
+        return page([to_object(r) for r in rows[:limit]], len(rows) > limit)
+
     def _seq(self, table: str, item_id: str, missing: Any) -> int:
         row = self._db.execute(f"SELECT seq FROM {table} WHERE id = ?", (item_id,)).fetchone()
         if row is None:
             raise missing(item_id)
         return int(row["seq"])
+
+
+def _unknown_cursor(item_id: str) -> NotFoundError:
+    return NotFoundError(f"'after' names nothing known: '{item_id[:100]}'.", param="after")
 
 
 def public(job: dict[str, Any]) -> dict[str, Any]:

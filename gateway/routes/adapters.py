@@ -25,42 +25,22 @@ from adapters.registry import RegisterRequest
 from adapters.validation import CONFIG_FILE, WEIGHTS_FILE
 from gateway.error_handlers import describe_validation_errors
 from gateway.routes.deps import runtime_of
+from gateway.routes.openapi import FILE, TEXT, object_schema, request_body
 
 router = APIRouter(tags=["adapters"])
 
 _UPLOAD_FIELDS = {"adapter_model": WEIGHTS_FILE, "adapter_config": CONFIG_FILE}
-_REGISTER_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["path", "base", "suffix"],
-                    "properties": {
-                        "path": {"type": "string"},
-                        "base": {"type": "string"},
-                        "suffix": {"type": "string"},
-                        "owner": {"type": "string"},
-                    },
-                }
-            },
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["adapter_model", "adapter_config", "base", "suffix"],
-                    "properties": {
-                        "adapter_model": {"type": "string", "format": "binary"},
-                        "adapter_config": {"type": "string", "format": "binary"},
-                        "base": {"type": "string"},
-                        "suffix": {"type": "string"},
-                        "owner": {"type": "string"},
-                    },
-                }
-            },
-        },
-    }
-}
+_REGISTER_SCHEMA = request_body(
+    json=object_schema(["path", "base", "suffix"], path=TEXT, base=TEXT, suffix=TEXT, owner=TEXT),
+    multipart=object_schema(
+        ["adapter_model", "adapter_config", "base", "suffix"],
+        adapter_model=FILE,
+        adapter_config=FILE,
+        base=TEXT,
+        suffix=TEXT,
+        owner=TEXT,
+    ),
+)
 
 
 class ImportFromPath(BaseModel):

@@ -11,26 +11,11 @@ from starlette.datastructures import UploadFile
 from gateway.errors import InvalidRequestError
 from gateway.finetune.files import check_purpose
 from gateway.routes.deps import runtime_of
+from gateway.routes.openapi import FILE, TEXT, object_schema, request_body
 
 router = APIRouter(tags=["files"])
 
-_UPLOAD_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "purpose"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "purpose": {"type": "string"},
-                    },
-                }
-            }
-        },
-    }
-}
+_UPLOAD_SCHEMA = request_body(multipart=object_schema(["file", "purpose"], file=FILE, purpose=TEXT))
 
 
 async def read_upload(request: Request, field: str = "file") -> tuple[UploadFile, dict[str, str]]:

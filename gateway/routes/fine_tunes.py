@@ -24,6 +24,7 @@ from gateway.finetune.jobs_store import TERMINAL
 from gateway.finetune.protocol import CreateJobRequest
 from gateway.routes.deps import runtime_of
 from gateway.routes.files import read_upload
+from gateway.routes.openapi import FILE, TEXT, object_schema, request_body
 
 router = APIRouter(tags=["fine-tuning"])
 
@@ -35,27 +36,17 @@ _HYPERPARAMETER_FIELDS = (
     "lora_alpha",
 )
 _POLL_S = 0.5
-_UPLOAD_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "model"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "model": {"type": "string"},
-                        "suffix": {"type": "string"},
-                        "validation_file": {"type": "string"},
-                        "seed": {"type": "integer"},
-                        **{name: {"type": "string"} for name in _HYPERPARAMETER_FIELDS},
-                    },
-                }
-            }
-        },
-    }
-}
+_UPLOAD_SCHEMA = request_body(
+    multipart=object_schema(
+        ["file", "model"],
+        file=FILE,
+        model=TEXT,
+        suffix=TEXT,
+        validation_file=TEXT,
+        seed={"type": "integer"},
+        **dict.fromkeys(_HYPERPARAMETER_FIELDS, TEXT),
+    )
+)
 
 
 @router.post("/v1/fine_tunes", openapi_extra=_UPLOAD_SCHEMA)

@@ -21,7 +21,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from tuner.sft import to_training_rows
+    from tuner.examples import to_training_rows
 
     torch.manual_seed(0)
     lines = Path(data).read_text().splitlines()

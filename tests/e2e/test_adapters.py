@@ -95,7 +95,7 @@ def test_admin_api_lists_reads_and_removes(gateway, client, trained_adapters, im
         assert http.get("/v1/adapters/json").json()["id"] == trained_adapters["json"]
         # A third copy, registered then removed: gone from the engine and the disk.
         copy = import_dir / "copy"
-        shutil.copytree(import_dir / "json", copy, ignore=shutil.ignore_patterns("trainer"))
+        shutil.copytree(import_dir / "json", copy)
         created = http.post(
             "/v1/adapters", json={"path": str(copy), "base": BASE, "suffix": "copy"}
         )
@@ -120,7 +120,7 @@ def test_unsafe_or_unfit_adapters_are_refused(gateway, import_dir, trained_adapt
     cases = {}
     # A symlink out of the import folder.
     outside = tmp_path / "outside"
-    shutil.copytree(good, outside, ignore=shutil.ignore_patterns("trainer"))
+    shutil.copytree(good, outside)
     (import_dir / "escape").symlink_to(outside, target_is_directory=True)
     cases["symlink"] = str(import_dir / "escape")
     # A pickle-only adapter whose unpickling would create a canary file.
@@ -132,7 +132,7 @@ def test_unsafe_or_unfit_adapters_are_refused(gateway, import_dir, trained_adapt
     cases["pickle"] = str(pickled)
     # Too high a rank.
     high = import_dir / "high-rank"
-    shutil.copytree(good, high, ignore=shutil.ignore_patterns("trainer"))
+    shutil.copytree(good, high)
     config = json.loads((high / "adapter_config.json").read_text())
     (high / "adapter_config.json").write_text(json.dumps({**config, "r": 64}))
     cases["rank"] = str(high)

@@ -109,7 +109,7 @@ def test_auto_hyperparameters_follow_openais_epoch_rule():
 
 
 def test_every_assistant_turn_is_trained_unless_weight_is_zero():
-    from tuner.sft import to_training_rows
+    from tuner.examples import to_training_rows
 
     example = {
         "messages": [
