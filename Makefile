@@ -25,7 +25,7 @@ MODEL := $(DATA_ROOT)/models/smollm2-135m-instruct/config.json
 TOOLS := $(VENV)/share/tunegate
 CONVERTER := $(TOOLS)/llama.cpp/convert_hf_to_gguf.py
 
-.PHONY: setup serve test test-unit test-e2e bench lint clean
+.PHONY: setup browser serve test test-unit test-e2e bench lint clean
 
 setup: $(INSTALLED) $(MODEL) $(CONVERTER)
 
@@ -75,17 +75,22 @@ $(CONVERTER): | $(INSTALLED)
 serve: setup
 	$(PY) -m gateway --data-root $(DATA_ROOT)
 
-test: setup
+# Debian's Chromium, for the /ui browser test.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+test: setup browser
 	$(PY) -m pytest tests
 
 test-unit: setup
 	$(PY) -m pytest tests -m "not e2e"
 
-test-e2e: setup
+test-e2e: setup browser
 	$(PY) -m pytest tests -m e2e
 
 bench: setup
-	$(PY) -m tests.bench
+	$(PY) -m tests.bench --markdown docs/benchmarks.md
 
 lint: setup
 	$(PY) -m ruff check gateway tuner adapters clients tests

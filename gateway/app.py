@@ -18,6 +18,7 @@ from gateway.routes import (
     inference,
     merges,
     operations,
+    ui,
 )
 from gateway.runtime import build_runtime
 from gateway.settings import Settings
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fine_tuning.router)
     app.include_router(fine_tunes.router)
     app.include_router(operations.router)
+    app.include_router(ui.router)
     # Added last = runs first: the key is checked before the body is read.
     app.add_middleware(
         BodyLimitMiddleware,

@@ -13,7 +13,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import AuthenticationError, PayloadTooLargeError, TunegateError
 
-PUBLIC_PATHS = frozenset({"/health"})
+# /ui is a static page without data; its script sends the key with every API call.
+PUBLIC_PATHS = frozenset({"/health", "/ui"})
 
 
 async def send_error(send: Send, error: TunegateError) -> None:

@@ -30,6 +30,27 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def markdown(rows: list[Row], machine: str, command: str) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `{command}` on {machine}.",
+        "Every figure is measured side by side in the same run: *baseline* is direct to the",
+        "engine (or the first thing the metric names), *measured* the other. The machine's",
+        "2 cores are shared by the load, the gateway and the engine.",
+        "",
+        "| suite | metric | baseline | measured | ratio | unit | goal | met |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        met = "" if row.met is None else ("yes" if row.met else "**no**")
+        lines.append(
+            f"| {row.suite} | {row.metric} | {row.direct:.2f} | {row.gateway:.2f} | "
+            f"{row.ratio:.3f}× | {row.unit} | {row.goal} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 async def run(suite: str, quick: bool) -> list[Row]:
     rows: list[Row] = []
     if suite in ("overhead", "all"):
@@ -54,6 +75,7 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     parser.add_argument("--out", type=Path, default=Path("var/bench/results.json"))
+    parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     args = parser.parse_args()
     started = time.time()
     try:
@@ -81,6 +103,10 @@ def main() -> int:
         )
     )
     print(f"\nwritten to {args.out}")
+    if args.markdown:
+        command = " ".join(["python -m tests.bench", *sys.argv[1:]])
+        args.markdown.write_text(markdown(rows, machine, command))
+        print(f"and to {args.markdown}")
     return 0
 
 

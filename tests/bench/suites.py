@@ -492,9 +492,7 @@ async def merged(rounds: int) -> list[Row]:
             long = {"model": state["model"], "messages": STORY, "max_tokens": 128, "temperature": 0}
             async with new_client(2) as client:
                 first = await stream_once(client, chat, {}, long)
-                engine_url = next(
-                    e["url"] for e in gateway.engines() if state["model"] in e["models"]
-                )
+                engine_url = gateway.engine_serving(state["model"])["url"]
                 through, server = [], []
                 for _ in range(rounds):
                     through.append(await stream_once(client, chat, {}, long))

@@ -16,8 +16,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.restarts_engine]
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
-def _kill_and_wait_back(gateway, client, family: str, model: str) -> None:
-    before = gateway.engine(family)
+def _kill_and_wait_back(gateway, client, model: str) -> None:
+    # A llama.cpp model may have been stopped as least recently used: ask it first.
+    client.chat.completions.create(model=model, messages=PROMPT, max_tokens=1)
+    before = gateway.engine_serving(model)
     gateway_pid = gateway.process.pid
     os.kill(before["pid"], signal.SIGKILL)
 
@@ -40,18 +42,18 @@ def _kill_and_wait_back(gateway, client, family: str, model: str) -> None:
         time.sleep(0.2)  # the kill may not have been noticed yet
     assert saw_503, "no 503 was seen while the engine restarted"
 
-    after = gateway.engine(family)
+    after = gateway.engine_serving(model)
     assert after["pid"] != before["pid"]
     assert after["restarts"] == before["restarts"] + 1
     assert gateway.process.poll() is None and gateway.process.pid == gateway_pid
 
 
 def test_kill_9_llamacpp_is_restarted(gateway, client):
-    _kill_and_wait_back(gateway, client, "llama.cpp", BASE_GGUF)
+    _kill_and_wait_back(gateway, client, BASE_GGUF)
 
 
 def test_kill_9_vllm_is_restarted_with_its_adapters(gateway, client, trained_adapters):
-    _kill_and_wait_back(gateway, client, "vllm", BASE)
+    _kill_and_wait_back(gateway, client, BASE)
     gateway.wait_ready(timeout_s=60)
     # The adapters answer again, with their own behaviour, without any user action.
     for name, adapter_id in trained_adapters.items():

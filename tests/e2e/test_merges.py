@@ -130,7 +130,7 @@ def test_parity_between_peft_vllm_and_llamacpp(client, gateway, trained_adapters
 def test_kill_9_of_a_merged_models_engine(client, gateway, merged_json):
     model = merged_json["q8_0"]
     ask(client, model, UNSEEN[1])
-    engine = next(e for e in gateway.engines() if model in e["models"])
+    engine = gateway.engine_serving(model)
     os.kill(engine["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 120
     while True:
@@ -140,7 +140,7 @@ def test_kill_9_of_a_merged_models_engine(client, gateway, merged_json):
         except openai.InternalServerError as error:
             assert error.status_code == 503 and time.monotonic() < deadline
             time.sleep(0.5)
-    after = next(e for e in gateway.engines() if model in e["models"])
+    after = gateway.engine_serving(model)
     assert after["pid"] != engine["pid"] and after["restarts"] == engine["restarts"] + 1
 
 

@@ -50,8 +50,9 @@ class GatewayProcess:
         with self.http() as http:
             return http.get("/ready").json()["engines"]
 
-    def engine(self, family: str) -> dict:
-        return next(e for e in self.engines() if e["engine"] == family)
+    def engine_serving(self, model: str) -> dict:
+        """The engine process that serves ``model`` now."""
+        return next(e for e in self.engines() if model in e["models"])
 
     def wait_ready(self, timeout_s: float, path: str = "/ready") -> None:
         """Until ``path`` answers 200: /ready (engines up) or /health (the gateway alone)."""
