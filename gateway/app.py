@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from gateway.error_handlers import install_error_handlers
-from gateway.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from gateway.middleware import ApiKeyMiddleware, BodyLimitMiddleware, DrainMiddleware, DrainState
 from gateway.routes import (
     adapters,
     files,
@@ -20,7 +20,7 @@ from gateway.routes import (
     operations,
     ui,
 )
-from gateway.runtime import build_runtime
+from gateway.runtime import GatewayRuntime, build_runtime
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,18 @@ log = logging.getLogger(__name__)
 UPLOAD_PATHS = ("/v1/adapters", "/v1/files", "/v1/fine_tunes")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+RuntimeFactory = Callable[[Settings], Awaitable[GatewayRuntime]]
+
+
+def create_app(
+    settings: Settings | None = None, runtime_factory: RuntimeFactory = build_runtime
+) -> FastAPI:
+    """The app; ``runtime_factory`` builds engines and services at start (tests pass fakes)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.runtime = await build_runtime(settings)
+        app.state.runtime = await runtime_factory(settings)
         try:
             yield
         finally:
@@ -47,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.drain = DrainState()
     install_error_handlers(app)
     app.include_router(inference.router)
     app.include_router(merges.router)
@@ -64,4 +71,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
+    # Outermost: while draining, even an unauthenticated caller learns it is 503.
+    app.add_middleware(DrainMiddleware, state=app.state.drain)
     return app

@@ -11,7 +11,12 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import AuthenticationError, PayloadTooLargeError, TunegateError
+from gateway.errors import (
+    AuthenticationError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+    TunegateError,
+)
 
 # /ui is a static page without data; its script sends the key with every API call.
 PUBLIC_PATHS = frozenset({"/health", "/ui"})
@@ -92,3 +97,34 @@ class BodyLimitMiddleware:
 
 def _too_large(limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"Request body is larger than {limit} bytes.")
+
+
+class DrainState:
+    """Requests in progress, and whether the gateway is draining for shutdown."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.draining = False
+
+
+class DrainMiddleware:
+    """Counts requests in progress; once draining, new ones get 503 (but /health)."""
+
+    def __init__(self, app: ASGIApp, state: DrainState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.state.draining and scope["path"] != "/health":
+            await send_error(
+                send, ServiceUnavailableError("The gateway is shutting down.", retry_after_s=5)
+            )
+            return
+        self.state.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state.in_flight -= 1

@@ -27,7 +27,7 @@ from gateway.finetune.files import FileStore
 from gateway.finetune.jobs_store import JobStore
 from gateway.finetune.merges import MergeService
 from gateway.finetune.service import FineTuningService
-from gateway.forwarding import Forwarder
+from gateway.forwarding import Forwarder, RequestLimits
 from gateway.metrics import GatewayMetrics
 from gateway.settings import BaseModelSpec, Settings
 
@@ -161,7 +161,9 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
     adapters = AdapterService(registry, catalog, builder.engines)
     adapters.load_registered()
     metrics = GatewayMetrics()
-    forwarder = Forwarder(catalog, builder.engines, http, metrics)
+    forwarder = Forwarder(
+        catalog, builder.engines, http, metrics, RequestLimits.from_settings(settings)
+    )
     database = open_database(settings.data_root / "jobs.sqlite")
     base_dirs = {s.id: s.hf_dir for s in specs if s.hf_dir is not None}
     merges = MergeService(settings, database, adapters, catalog, builder.engines, base_dirs)

@@ -160,6 +160,19 @@ class Settings(BaseSettings):
     upstream_timeout_s: float = Field(
         600.0, gt=0, description="Longest wait for an engine's answer."
     )
+    engine_max_in_flight: int = Field(
+        64, gt=0, description="Requests one engine runs at once; more wait in its queue."
+    )
+    engine_max_queue: int = Field(
+        256, ge=0, description="Requests that may wait for an engine; past that, 429 at once."
+    )
+    request_max_tokens: int = Field(
+        8192, gt=0, description="Largest max_tokens / max_completion_tokens accepted (400 above)."
+    )
+    request_max_n: int = Field(8, gt=0, description="Largest n / best_of accepted (400 above).")
+    drain_timeout_s: float = Field(
+        30.0, gt=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
     upstream_max_connections: int = Field(
         256, gt=0, description="Keep-alive connections the gateway holds to its engines."
     )

@@ -20,7 +20,7 @@ async def health() -> dict[str, str]:
 async def ready(request: Request) -> JSONResponse:
     """Ready: every engine answers. 503 while one is starting, restarting or down."""
     runtime = runtime_of(request)
-    is_ready = await runtime.refresh_readiness()
+    is_ready = await runtime.refresh_readiness() and not request.app.state.drain.draining
     body = {
         "status": "ready" if is_ready else "unavailable",
         "engines": [s.to_dict() for s in runtime.engine_statuses()],

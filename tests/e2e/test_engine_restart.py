@@ -16,12 +16,34 @@ pytestmark = [pytest.mark.e2e, pytest.mark.restarts_engine]
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
+STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+
+
 def _kill_and_wait_back(gateway, client, model: str) -> None:
+    """Kill the engine in the middle of a streamed answer, then watch the gateway recover."""
     # A llama.cpp model may have been stopped as least recently used: ask it first.
     client.chat.completions.create(model=model, messages=PROMPT, max_tokens=1)
     before = gateway.engine_serving(model)
     gateway_pid = gateway.process.pid
+    stream = iter(
+        client.chat.completions.create(
+            model=model, messages=STORY, max_tokens=1000, temperature=0, stream=True
+        )
+    )
+    for _ in range(3):
+        next(stream)
     os.kill(before["pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
+    with pytest.raises(openai.APIError) as broken:
+        for _ in stream:
+            pass
+    assert time.monotonic() - killed_at < 5, "the broken stream was not closed in time"
+    assert "engine stopped" in str(broken.value)
+    with gateway.http() as http:
+        ready = http.get("/ready")
+        assert ready.status_code == 503
+        state = next(e for e in ready.json()["engines"] if e["name"] == before["name"])
+        assert state["state"] in ("restarting", "starting")
 
     saw_503 = False
     deadline = time.monotonic() + 600

@@ -18,7 +18,7 @@ from gateway.finetune.files import FileStore
 from gateway.finetune.jobs_store import JobStore
 from gateway.finetune.merges import MergeService
 from gateway.finetune.service import FineTuningService
-from gateway.forwarding import Forwarder
+from gateway.forwarding import Forwarder, RequestLimits
 from gateway.metrics import GatewayMetrics
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
@@ -128,7 +128,8 @@ def fake_runtime(settings: Settings, upstream: FakeUpstream) -> GatewayRuntime:
     adapters = AdapterService(registry, catalog, engines)  # type: ignore[arg-type]
     adapters.load_registered()
     metrics = GatewayMetrics()
-    forwarder = Forwarder(catalog, engines, http, metrics)  # type: ignore[arg-type]
+    limits = RequestLimits.from_settings(settings)
+    forwarder = Forwarder(catalog, engines, http, metrics, limits)  # type: ignore[arg-type]
     database = open_database(settings.data_root / "jobs.sqlite")
     merges = MergeService(settings, database, adapters, catalog, engines, {"base": base_dir})  # type: ignore[arg-type]
     fine_tuning = FineTuningService(
