@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import httpx
 import openai
@@ -162,3 +163,34 @@ def test_ready_and_metrics(gateway, client):
         metrics = http.get("/metrics").text
     assert f'tunegate_requests_total{{engine="vllm",model="{BASE}",status="200"}}' in metrics
     assert "tunegate_engine_up" in metrics
+
+
+def test_a_client_that_goes_away_ends_the_generation_in_the_engine(gateway):
+    engine_metrics = gateway.engine_serving(BASE)["url"] + "/metrics"
+
+    def running() -> float:
+        lines = httpx.get(engine_metrics, timeout=10).text.splitlines()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in lines
+            if line.startswith("vllm:num_requests_running")
+        )
+
+    assert running() == 0
+    story = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+    body = {
+        "model": BASE,
+        "messages": story,
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with gateway.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
+        lines = response.iter_lines()
+        for _ in range(5):
+            next(lines)
+        assert running() == 1
+    deadline = time.monotonic() + 10  # 1500 tokens would take about a minute
+    while running() != 0:
+        assert time.monotonic() < deadline, "the engine kept generating for a client that left"
+        time.sleep(0.2)
