@@ -2,7 +2,7 @@
 
     tunegate serve [--port 8000 ...]            run a gateway (flags: every setting)
     tunegate models                             the models a gateway serves, and their engines
-    tunegate chat MODEL [PROMPT ...]            one-shot, or interactive without a prompt; streamed
+    tunegate chat [--temperature T] MODEL [PROMPT ...]   one-shot, or interactive; streamed
     tunegate files upload FILE                  upload a fine-tuning dataset
     tunegate tune DATA --model M [--suffix S] [--epochs N] [--export gguf] [--follow]
     tunegate jobs list | show JOB | cancel JOB

@@ -120,9 +120,9 @@ def test_other_commands(gateway):
         "-m",
         "clients.cli",
         "chat",
-        BASE,
         "--temperature",
         "0",
+        BASE,
         "What is the capital of France? Answer in one word.",
     )
     assert chat.returncode == 0 and "paris" in chat.stdout.lower()
