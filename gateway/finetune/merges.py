@@ -81,6 +81,9 @@ class MergeService:
         self.folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.folder.glob(".*.partial"):
             leftover.unlink(missing_ok=True)
+        for gguf in self.folder.glob("*.gguf"):  # renamed into place, but never registered
+            if not gguf.with_suffix(".json").is_file():
+                gguf.unlink(missing_ok=True)
         for merge in self._with_status("queued", "running"):
             self._update(
                 merge["id"],
