@@ -11,7 +11,7 @@ import pytest
 from gateway.settings import EMBEDDED_MODEL_ID
 from tests.bench.suites import fake_upstream
 from tests.support.adapter_factory import write_adapter
-from tests.support.gateway_process import REPO, start_gateway
+from tests.support.gateway_process import REPO, processes_with, start_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -40,12 +40,7 @@ def test_sigkill_during_a_gguf_export(tmp_path):
                 while not exporters:
                     assert time.monotonic() < deadline
                     time.sleep(0.2)
-                    exporters = [
-                        p
-                        for p in psutil.process_iter(["cmdline"])
-                        if "tuner.export" in " ".join(p.info["cmdline"] or [])
-                        and str(data_root) in " ".join(p.info["cmdline"] or [])
-                    ]
+                    exporters = processes_with("tuner.export", str(data_root))
                 time.sleep(3)  # well into the merge
         finally:
             gateway.process.kill()

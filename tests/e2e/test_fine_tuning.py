@@ -13,6 +13,7 @@ from openai.types.fine_tuning import FineTuningJob
 
 from tests.e2e.conftest import API_KEY, BASE
 from tests.e2e.test_adapters import UNSEEN, ask, is_ahoy_style, is_json_style
+from tests.support.gateway_process import processes_with
 from tests.support.training import DATA
 
 pytestmark = pytest.mark.e2e
@@ -137,9 +138,7 @@ def test_warnings_are_events_and_cancel_stops_the_trainer(client, gateway, tmp_p
     while not any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id).data):
         assert time.monotonic() < deadline
         time.sleep(1)
-    trainers = [
-        p for p in psutil.process_iter(["cmdline"]) if job.id in " ".join(p.info["cmdline"] or [])
-    ]
+    trainers = processes_with("tuner.job", job.id)
     assert trainers
     started = time.monotonic()
     cancelled = client.fine_tuning.jobs.cancel(job.id)

@@ -8,7 +8,7 @@ import psutil
 import pytest
 
 from tests.e2e.conftest import BASE
-from tests.support.gateway_process import start_gateway
+from tests.support.gateway_process import processes_with, start_gateway
 from tests.support.training import DATA
 
 pytestmark = pytest.mark.e2e
@@ -32,11 +32,7 @@ def test_sigkill_during_training_then_restart(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.5)
         time.sleep(2)
-        trainers = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if job.id in " ".join(p.info["cmdline"] or [])
-        ]
+        trainers = processes_with("tuner.job", job.id)
         assert trainers
     finally:
         gateway.process.kill()

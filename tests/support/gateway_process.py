@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 
 from gateway.engines.process import free_port
 from gateway.settings import EMBEDDED_MODEL_ID
@@ -122,3 +123,13 @@ def start_gateway(
             stderr=subprocess.STDOUT,
         )
     return GatewayProcess(process, f"http://127.0.0.1:{port}", data_root, log_path, api_key)
+
+
+def processes_with(*words: str) -> list[psutil.Process]:
+    """Processes whose command line holds every one of ``words`` (a trainer, an exporter)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if all(word in command for word in words):
+            found.append(process)
+    return found
