@@ -162,7 +162,7 @@ class Forwarder:
     async def forward(self, path: str, request: OpenAIRequest, raw_body: bytes) -> EngineReply:
         self._limits.check(request)
         entry = self._catalog.resolve(request.model)
-        if request.model_extra:
+        if request.model_extra and log.isEnabledFor(logging.DEBUG):  # the hot path: no sorting
             log.debug("passing unknown fields to %s: %s", entry.engine, request.unknown_fields())
         engine = self._engines[entry.engine_key]
         ticket = _Request(self._metrics, self._gate(entry.engine_key), entry)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -45,7 +46,6 @@ class GatewayRuntime:
     adapters: AdapterService
     fine_tuning: FineTuningService
     merges: MergeService
-    draining: bool = False
 
     def engine_statuses(self) -> list[EngineStatus]:
         return [status for engine in self.engines.values() for status in engine.statuses()]
@@ -59,10 +59,9 @@ class GatewayRuntime:
         for status in self.engine_statuses():
             self.metrics.engine_up.labels(status.name).set(1 if status.state == "ready" else 0)
             self.metrics.engine_restarts.labels(status.name).set(status.restarts)
-        return ready and not self.draining
+        return ready
 
     async def close(self) -> None:
-        self.draining = True
         await self.fine_tuning.stop()
         await self.merges.stop()
         await asyncio.gather(*(e.stop() for e in self.engines.values()), return_exceptions=True)
@@ -142,31 +141,27 @@ class _EngineSetBuilder:
         self._llamacpp.preload(entry)
 
 
-async def build_runtime(settings: Settings) -> GatewayRuntime:
-    settings.data_root.mkdir(parents=True, exist_ok=True)
-    if settings.embedded_model and settings.vllm_enabled:
-        await prepare_embedded_checkpoint(settings)
-    http = _new_http_client(settings)
-    catalog = ModelCatalog()
-    builder = _EngineSetBuilder(settings, http, catalog)
-    specs = base_model_specs(settings)
-    for spec in specs:
-        builder.add_base(spec)
+def assemble_runtime(
+    settings: Settings,
+    http: httpx.AsyncClient,
+    catalog: ModelCatalog,
+    engines: dict[str, Engine],
+    base_dirs: dict[str, Path],
+) -> GatewayRuntime:
+    """The services around a model table and its engines: adapters, forwarding, files,
+    fine-tuning and merges. Nothing is started here (tests assemble fakes the same way)."""
     registry = AdapterRegistry(
         settings.adapters_dir,
         import_roots=settings.adapter_import_dirs,
-        bases={s.id: s.hf_dir for s in specs if s.hf_dir is not None},
+        bases=base_dirs,
         max_rank=settings.vllm_max_lora_rank,
     )
-    adapters = AdapterService(registry, catalog, builder.engines)
+    adapters = AdapterService(registry, catalog, engines)
     adapters.load_registered()
     metrics = GatewayMetrics()
-    forwarder = Forwarder(
-        catalog, builder.engines, http, metrics, RequestLimits.from_settings(settings)
-    )
+    forwarder = Forwarder(catalog, engines, http, metrics, RequestLimits.from_settings(settings))
     database = open_database(settings.data_root / "jobs.sqlite")
-    base_dirs = {s.id: s.hf_dir for s in specs if s.hf_dir is not None}
-    merges = MergeService(settings, database, adapters, catalog, builder.engines, base_dirs)
+    merges = MergeService(settings, database, adapters, catalog, engines, base_dirs)
     fine_tuning = FineTuningService(
         settings,
         JobStore(database),
@@ -177,19 +172,33 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
         base_dirs=base_dirs,
         merges=merges,
     )
-    runtime = GatewayRuntime(
+    return GatewayRuntime(
         settings=settings,
         http=http,
         metrics=metrics,
         catalog=catalog,
-        engines=builder.engines,
+        engines=engines,
         forwarder=forwarder,
         adapters=adapters,
         fine_tuning=fine_tuning,
         merges=merges,
     )
-    merges.start()
-    fine_tuning.start()
+
+
+async def build_runtime(settings: Settings) -> GatewayRuntime:
+    settings.data_root.mkdir(parents=True, exist_ok=True)
+    if settings.embedded_model and settings.vllm_enabled:
+        await prepare_embedded_checkpoint(settings)
+    http = _new_http_client(settings)
+    catalog = ModelCatalog()
+    builder = _EngineSetBuilder(settings, http, catalog)
+    specs = base_model_specs(settings)
+    for spec in specs:
+        builder.add_base(spec)
+    base_dirs = {s.id: s.hf_dir for s in specs if s.hf_dir is not None}
+    runtime = assemble_runtime(settings, http, catalog, builder.engines, base_dirs)
+    runtime.merges.start()
+    runtime.fine_tuning.start()
     for engine in builder.engines.values():
         await engine.start()
     log.info("serving %s", ", ".join(e.id for e in catalog.entries()))

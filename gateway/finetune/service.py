@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import io
 import json
 import logging
@@ -476,6 +477,7 @@ class _DatasetRejected(Exception):
         self.code, self.message, self.param = code, message, param
 
 
+@functools.lru_cache(maxsize=8)  # one tokenizer load per base, not per file checked
 def _token_counter(base_dir: Path) -> Callable[[str], int] | None:
     tokenizer_file = base_dir / "tokenizer.json"
     if not tokenizer_file.is_file():

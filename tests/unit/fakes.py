@@ -8,19 +8,10 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from adapters.registry import AdapterRegistry
-from gateway.adapter_service import AdapterService
 from gateway.catalog import ModelCatalog, ModelEntry
 from gateway.engines.base import EngineState, EngineStatus, Upstream
 from gateway.errors import EngineUnavailableError
-from gateway.finetune.database import open_database
-from gateway.finetune.files import FileStore
-from gateway.finetune.jobs_store import JobStore
-from gateway.finetune.merges import MergeService
-from gateway.finetune.service import FineTuningService
-from gateway.forwarding import Forwarder, RequestLimits
-from gateway.metrics import GatewayMetrics
-from gateway.runtime import GatewayRuntime
+from gateway.runtime import GatewayRuntime, assemble_runtime
 from gateway.settings import Settings
 from tests.support.adapter_factory import write_base
 
@@ -119,37 +110,4 @@ def fake_runtime(settings: Settings, upstream: FakeUpstream) -> GatewayRuntime:
     catalog.add(ModelEntry("base", "base", "vllm", "vllm/base", None))
     catalog.add(ModelEntry("base-gguf", "base", "llama.cpp", "llama.cpp", None))
     base_dir = write_base(settings.data_root / "models" / "base")
-    registry = AdapterRegistry(
-        settings.adapters_dir,
-        import_roots=settings.adapter_import_dirs,
-        bases={"base": base_dir},
-        max_rank=settings.vllm_max_lora_rank,
-    )
-    adapters = AdapterService(registry, catalog, engines)  # type: ignore[arg-type]
-    adapters.load_registered()
-    metrics = GatewayMetrics()
-    limits = RequestLimits.from_settings(settings)
-    forwarder = Forwarder(catalog, engines, http, metrics, limits)  # type: ignore[arg-type]
-    database = open_database(settings.data_root / "jobs.sqlite")
-    merges = MergeService(settings, database, adapters, catalog, engines, {"base": base_dir})  # type: ignore[arg-type]
-    fine_tuning = FineTuningService(
-        settings,
-        JobStore(database),
-        FileStore(database, settings.data_root / "files", settings.max_upload_bytes),
-        adapters,
-        catalog,
-        forwarder,
-        base_dirs={"base": base_dir},
-        merges=merges,
-    )
-    return GatewayRuntime(
-        settings=settings,
-        http=http,
-        metrics=metrics,
-        catalog=catalog,
-        engines=engines,  # type: ignore[arg-type]
-        forwarder=forwarder,
-        adapters=adapters,
-        fine_tuning=fine_tuning,
-        merges=merges,
-    )
+    return assemble_runtime(settings, http, catalog, engines, {"base": base_dir})  # type: ignore[arg-type]
