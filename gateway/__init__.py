@@ -1,6 +1,5 @@
-"""tunegate's HTTP gateway: OpenAI-compatible routes in front of vLLM and llama.cpp engines."""
+"""tunegate's HTTP gateway: OpenAI-compatible routes in front of vLLM and llama.cpp engines.
 
-from gateway.app import create_app
-from gateway.settings import Settings
-
-__all__ = ["Settings", "create_app"]
+The package itself imports nothing: engine processes load ``gateway.parent_death``
+at start and must not pay for the web stack. The app is ``gateway.app.create_app``.
+"""

@@ -44,7 +44,8 @@ class AdapterService:
     async def preload(self, adapter_id: str) -> None:
         """Load into the engine now, so the first request answers at once."""
         entry = self._catalog.resolve(adapter_id)
-        await self._engines[entry.engine_key].upstream_for(entry)
+        lease = await self._engines[entry.engine_key].acquire(entry)
+        lease.done()
 
     def get(self, name: str) -> AdapterManifest:
         return self.registry.get(self._adapter_entry(name).id)
@@ -54,7 +55,7 @@ class AdapterService:
 
     async def remove(self, name: str) -> AdapterManifest:
         entry = self._adapter_entry(name)
-        await self._engines[entry.engine_key].release(entry)
+        await self._engines[entry.engine_key].unload(entry)
         self._catalog.remove(entry.id)
         return await asyncio.to_thread(self.registry.remove, entry.id)
 

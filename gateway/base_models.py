@@ -8,13 +8,13 @@ Nothing is ever fetched from a model hub.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import logging
 import sys
 from pathlib import Path
 
 from gateway.errors import TunegateError
+from gateway.process_guard import ProcessGuard
 from gateway.settings import EMBEDDED_MODEL_ID, BaseModelSpec, Settings
 
 log = logging.getLogger(__name__)
@@ -44,35 +44,56 @@ def checkpoint_is_complete(hf_dir: Path) -> bool:
     return (hf_dir / "config.json").is_file() and any(hf_dir.glob("*.safetensors"))
 
 
+# Options of the embedded model that an entry of the models setting with its id may set.
+_EMBEDDED_OPTIONS = ("tool_call_parser", "reasoning_parser", "vllm_urls")
+
+
 def base_model_specs(settings: Settings) -> list[BaseModelSpec]:
+    """The embedded model (unless turned off), then the models setting. An entry there with
+    the embedded model's id sets that model's options (its tool-call parser, say)."""
     specs: list[BaseModelSpec] = []
+    others = [spec for spec in settings.models if spec.id != EMBEDDED_MODEL_ID]
     if settings.embedded_model:
+        options = next(
+            (
+                spec.model_dump(include=set(_EMBEDDED_OPTIONS), exclude_unset=True)
+                for spec in settings.models
+                if spec.id == EMBEDDED_MODEL_ID
+            ),
+            {},
+        )
         specs.append(
             BaseModelSpec(
                 id=EMBEDDED_MODEL_ID,
                 hf_dir=settings.models_dir / EMBEDDED_MODEL_ID,
                 gguf=embedded_gguf_path(),
                 owned_by="HuggingFaceTB",
+                **options,
             )
         )
-    specs.extend(settings.models)
-    return specs
+    else:
+        others = list(settings.models)
+    return specs + others
 
 
-async def prepare_embedded_checkpoint(settings: Settings) -> None:
+async def prepare_embedded_checkpoint(settings: Settings, guard: ProcessGuard) -> None:
     """Derive the embedded HF checkpoint once, in a subprocess (heavy imports, ~1 min)."""
     hf_dir = settings.models_dir / EMBEDDED_MODEL_ID
     if checkpoint_is_complete(hf_dir):
         return
     log.info("deriving the HF checkpoint of %s (once, about a minute)", EMBEDDED_MODEL_ID)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tuner.prepare_base",
-        "--gguf",
-        str(embedded_gguf_path()),
-        "--out",
-        str(hf_dir),
+    process = await guard.spawn(
+        [
+            sys.executable,
+            "-m",
+            "tuner.prepare_base",
+            "--gguf",
+            str(embedded_gguf_path()),
+            "--out",
+            str(hf_dir),
+        ]
     )
-    if await process.wait() != 0 or not checkpoint_is_complete(hf_dir):
+    returncode = await process.wait()
+    guard.forget(process.pid)
+    if returncode != 0 or not checkpoint_is_complete(hf_dir):
         raise ModelPreparationError(f"Preparing the checkpoint of {EMBEDDED_MODEL_ID} failed.")

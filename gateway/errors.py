@@ -9,9 +9,11 @@
     ├── ConflictError                  409 invalid_request_error / conflict
     ├── PayloadTooLargeError           413 invalid_request_error / payload_too_large
     ├── UnprocessableError             422 invalid_request_error
+    ├── AdapterLoadError               500 server_error / adapter_load_failed
     ├── RateLimitError                 429 rate_limit_error (+ Retry-After)
     └── ServiceUnavailableError        503 service_unavailable (+ Retry-After)
         └── EngineUnavailableError     503 engine_unavailable (+ Retry-After)
+            └── ReplicaUnreachableError  503 engine_unavailable: one replica, tried elsewhere first
 
 Every error leaves the gateway as ``{"error": {"message", "type", "param", "code"}}``
 with the status the ``openai`` SDK maps to its exception classes. Messages are
@@ -103,6 +105,12 @@ class UnprocessableError(TunegateError):
     error_type = "invalid_request_error"
 
 
+class AdapterLoadError(TunegateError):
+    """A replica refused to load an adapter (its folder is missing there, say)."""
+
+    default_code = "adapter_load_failed"
+
+
 class RateLimitError(TunegateError):
     status_code = 429
     error_type = "rate_limit_error"
@@ -117,6 +125,14 @@ class ServiceUnavailableError(TunegateError):
 
 class EngineUnavailableError(ServiceUnavailableError):
     default_code = "engine_unavailable"
+
+
+class ReplicaUnreachableError(EngineUnavailableError):
+    """One replica could not be reached; the request may go to another."""
+
+    def __init__(self, replica: str, message: str) -> None:
+        super().__init__(message, retry_after_s=5)
+        self.replica = replica
 
 
 # Status codes an engine may answer with, mapped to the class whose type the

@@ -4,10 +4,17 @@ Request bodies go out as the client sent them, unless the engine needs a field
 translated (a table, per engine family). Answers come back as the engine's
 bytes: streams are relayed chunk by chunk as they arrive, never parsed and
 re-encoded.
+
+Failover: a request that got no answer from its replica (the connection was
+refused, or dropped before the answer began) is sent again to another replica,
+up to ``request_retries`` times; that replica is taken out of routing at once.
+Generating has no side effects, so sending again is safe. Once an answer has
+begun, it is relayed as it is; a stream that breaks ends with an error event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,10 +25,11 @@ import httpx
 
 from gateway.admission import AdmissionGate
 from gateway.catalog import ModelCatalog, ModelEntry
-from gateway.engines.base import Engine
+from gateway.engines.base import Engine, Lease
 from gateway.errors import (
     EngineUnavailableError,
     InvalidRequestError,
+    ReplicaUnreachableError,
     TunegateError,
     error_body,
     error_from_upstream,
@@ -53,6 +61,7 @@ class RequestLimits:
     max_n: int = 8
     max_in_flight: int = 64
     max_queue: int = 256
+    retries: int = 2
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestLimits:
@@ -61,6 +70,7 @@ class RequestLimits:
             max_n=settings.request_max_n,
             max_in_flight=settings.engine_max_in_flight,
             max_queue=settings.engine_max_queue,
+            retries=settings.request_retries,
         )
 
     def check(self, request: OpenAIRequest) -> None:
@@ -78,6 +88,24 @@ class RequestLimits:
                     param=param,
                     code="invalid_value",
                 )
+
+
+def check_tools(catalog: ModelCatalog, entry: ModelEntry, request: OpenAIRequest) -> None:
+    """vLLM answers a request with ``tools`` only when it was started with a tool-call
+    parser for the model's family; say which setting gives it one, up front."""
+    if entry.engine != "vllm" or not getattr(request, "tools", None):
+        return
+    base = catalog.resolve(entry.root or entry.id)
+    if base.extra.get("tool_call_parser"):
+        return
+    raise InvalidRequestError(
+        f"Tool calls are not enabled for '{base.id}': its vLLM engine runs without a "
+        'tool-call parser. Set "tool_call_parser" in the model\'s entry of the models setting '
+        f'(for example TUNEGATE_MODELS=\'[{{"id": "{base.id}", "tool_call_parser": "hermes"}}]\'); '
+        "docs/compatibility.md lists the parser of each model family.",
+        param="tools",
+        code="tool_calls_not_enabled",
+    )
 
 
 BodyAdapter = Callable[[ModelEntry, OpenAIRequest, bytes], bytes]
@@ -110,7 +138,8 @@ def _with_model(raw: bytes, model_id: str) -> bytes:
 
 
 class _Request:
-    """One forwarded request's bookkeeping: its admission slot and its metrics, closed once."""
+    """One forwarded request's bookkeeping: its admission slot, its place on a replica
+    and its metrics, closed once."""
 
     def __init__(self, metrics: GatewayMetrics, gate: AdmissionGate, entry: ModelEntry) -> None:
         self._metrics = metrics
@@ -119,16 +148,26 @@ class _Request:
         self._started = time.perf_counter()
         self._admitted = False
         self._open = True
+        self.lease: Lease | None = None
         metrics.in_flight.labels(*self.labels).inc()
 
     async def admit(self) -> None:
         await self._gate.enter()
         self._admitted = True
 
+    def hold(self, lease: Lease) -> None:
+        self.lease = lease
+
+    def let_go(self) -> None:
+        if self.lease is not None:
+            self.lease.done()
+            self.lease = None
+
     def close(self, status: int) -> None:
         if not self._open:
             return
         self._open = False
+        self.let_go()
         if self._admitted:
             self._gate.leave()
         self._metrics.in_flight.labels(*self.labels).dec()
@@ -162,23 +201,17 @@ class Forwarder:
     async def forward(self, path: str, request: OpenAIRequest, raw_body: bytes) -> EngineReply:
         self._limits.check(request)
         entry = self._catalog.resolve(request.model)
+        check_tools(self._catalog, entry, request)
         if request.model_extra and log.isEnabledFor(logging.DEBUG):  # the hot path: no sorting
             log.debug("passing unknown fields to %s: %s", entry.engine, request.unknown_fields())
         engine = self._engines[entry.engine_key]
         ticket = _Request(self._metrics, self._gate(entry.engine_key), entry)
         try:
             await ticket.admit()
-            upstream = await engine.upstream_for(entry)
             body = BODY_ADAPTERS.get(entry.engine, unchanged)(entry, request, raw_body)
             if request.model != entry.id:  # an alias: the engine knows the full id
                 body = _with_model(body, entry.id)
-            outgoing = self._http.build_request(
-                "POST",
-                upstream.base_url + path,
-                content=body,
-                headers={**_JSON_HEADERS, **upstream.headers},
-            )
-            response = await self._send(outgoing, entry)
+            response = await self._send_with_failover(engine, entry, path, body, ticket)
             if response.status_code >= 400:
                 payload = await response.aread()
                 await response.aclose()
@@ -191,6 +224,9 @@ class Forwarder:
         except TunegateError as error:
             ticket.close(error.status_code)
             raise
+        except asyncio.CancelledError:
+            ticket.close(499)  # the client went away
+            raise
         except BaseException:
             ticket.close(500)
             raise
@@ -198,13 +234,40 @@ class Forwarder:
         media_type = response.headers.get("content-type", "application/json")
         return EngineReply(response.status_code, media_type, body=payload)
 
-    async def _send(self, outgoing: httpx.Request, entry: ModelEntry) -> httpx.Response:
+    async def _send_with_failover(
+        self, engine: Engine, entry: ModelEntry, path: str, body: bytes, ticket: _Request
+    ) -> httpx.Response:
+        tried: frozenset[str] = frozenset()
+        for attempt in range(self._limits.retries + 1):
+            lease = await engine.acquire(entry, avoid=tried)
+            ticket.hold(lease)
+            outgoing = self._http.build_request(
+                "POST",
+                lease.upstream.base_url + path,
+                content=body,
+                headers={**_JSON_HEADERS, **lease.upstream.headers},
+            )
+            try:
+                return await self._send(outgoing, entry, lease.replica)
+            except ReplicaUnreachableError as error:
+                ticket.let_go()
+                engine.report_unreachable(error.replica)
+                tried = tried | {error.replica}
+                if attempt == self._limits.retries:
+                    raise
+                log.warning("%s: %s; trying another replica", entry.id, error.message)
+        raise AssertionError("unreachable")
+
+    async def _send(
+        self, outgoing: httpx.Request, entry: ModelEntry, replica: str
+    ) -> httpx.Response:
         try:
             return await self._http.send(outgoing, stream=True)
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            raise EngineUnavailableError(
-                f"The {entry.engine} engine serving '{entry.id}' is not reachable; retry shortly.",
-                retry_after_s=5,
+            # No answer began: the replica refused the connection or dropped it.
+            raise ReplicaUnreachableError(
+                replica,
+                f"The {entry.engine} engine serving '{entry.id}' ({replica}) is not reachable.",
             ) from exc
         except httpx.TimeoutException as exc:
             raise EngineUnavailableError(

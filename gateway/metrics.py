@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.engines.base import EngineState, EngineStatus
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -44,6 +48,43 @@ class GatewayMetrics:
             ("engine",),
             registry=self.registry,
         )
+        self.replica_in_flight = Gauge(
+            "tunegate_replica_requests_in_flight",
+            "Requests a replica (an engine process or server) is answering now.",
+            ("engine",),
+            registry=self.registry,
+        )
+        self.replica_adapters = Gauge(
+            "tunegate_replica_adapters_loaded",
+            "Adapters loaded in a replica now.",
+            ("engine",),
+            registry=self.registry,
+        )
+        self.replica_adapter_loads = Gauge(
+            "tunegate_replica_adapter_loads",
+            "Adapter loads into a replica since the gateway started.",
+            ("engine",),
+            registry=self.registry,
+        )
+        self.replica_state = Gauge(
+            "tunegate_replica_state",
+            "1 for the state a replica is in (starting, ready, restarting, unreachable...).",
+            ("engine", "state"),
+            registry=self.registry,
+        )
+
+    def observe_engines(self, statuses: Iterable[EngineStatus]) -> None:
+        """The engines' and replicas' state, read when /metrics or /ready is asked."""
+        for status in statuses:
+            self.engine_up.labels(status.name).set(1 if status.state == "ready" else 0)
+            self.engine_restarts.labels(status.name).set(status.restarts)
+            self.replica_in_flight.labels(status.name).set(status.in_flight)
+            self.replica_adapters.labels(status.name).set(len(status.adapters))
+            self.replica_adapter_loads.labels(status.name).set(status.adapter_loads)
+            for state in EngineState:
+                self.replica_state.labels(status.name, state.value).set(
+                    1 if status.state is state else 0
+                )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

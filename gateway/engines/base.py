@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -13,6 +14,7 @@ class EngineState(StrEnum):
     STARTING = "starting"
     READY = "ready"
     RESTARTING = "restarting"
+    UNREACHABLE = "unreachable"  # taken out of routing until its health check passes
     STOPPED = "stopped"
 
 
@@ -24,8 +26,29 @@ class Upstream:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class Lease:
+    """One request's place on one replica: where to send it, and a way to say it is done.
+
+    The replica counts the request as in flight until ``done`` is called (once;
+    more calls do nothing), which the forwarder does when the answer has been
+    relayed to its end."""
+
+    replica: str
+    upstream: Upstream
+    on_done: Callable[[], None] = lambda: None
+    _open: bool = True
+
+    def done(self) -> None:
+        if self._open:
+            self._open = False
+            self.on_done()
+
+
 @dataclass(frozen=True)
 class EngineStatus:
+    """One engine process or replica, as ``/ready``, ``/metrics`` and ``/v1/models`` show it."""
+
     name: str
     engine: str
     state: EngineState
@@ -34,6 +57,9 @@ class EngineStatus:
     restarts: int = 0
     models: tuple[str, ...] = ()
     detail: str | None = None
+    in_flight: int = 0
+    adapters: tuple[str, ...] = ()
+    adapter_loads: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -45,11 +71,24 @@ class EngineStatus:
             "restarts": self.restarts,
             "models": list(self.models),
             "detail": self.detail,
+            "in_flight": self.in_flight,
+            "adapters": list(self.adapters),
+        }
+
+    def replica_view(self) -> dict[str, object]:
+        """The part a ``/v1/models`` entry shows (no ports, pids or logs)."""
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "in_flight": self.in_flight,
+            "adapters": list(self.adapters),
         }
 
 
 class Engine(Protocol):
-    """One engine instance (a process the gateway runs, or a remote server)."""
+    """One engine: a set of replicas of a base (vLLM), or a pool of processes (llama.cpp).
+
+    A replica is a process the gateway runs or a server it was given the URL of."""
 
     key: str
     family: str
@@ -60,13 +99,20 @@ class Engine(Protocol):
     async def stop(self) -> None:
         """Stop serving and leave no process behind."""
 
-    async def upstream_for(self, entry: ModelEntry) -> Upstream:
-        """The upstream for ``entry``; raises ``EngineUnavailableError`` while it is down."""
+    async def acquire(self, entry: ModelEntry, avoid: frozenset[str] = frozenset()) -> Lease:
+        """A replica for one request on ``entry`` (its adapter loaded there), not one
+        named in ``avoid``. While no replica is up but one is starting, waits for it
+        up to the engine-wait setting; then raises ``EngineUnavailableError``."""
 
-    async def release(self, entry: ModelEntry) -> None:
-        """Stop serving ``entry`` (unload an adapter, stop a model's process)."""
+    def report_unreachable(self, replica: str) -> None:
+        """A request could not reach ``replica``: take it out of routing until its
+        health check passes again."""
+
+    async def unload(self, entry: ModelEntry) -> None:
+        """Stop serving ``entry`` (unload an adapter everywhere, stop a model's process)."""
 
     def statuses(self) -> list[EngineStatus]: ...
 
     def ready(self) -> bool:
-        """True when the engine can answer requests now."""
+        """True when the engine can answer requests now (for a replica set: at least
+        one replica can)."""

@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 
 from gateway.catalog import ModelEntry
-from gateway.engines.base import EngineState, EngineStatus, Upstream
+from gateway.engines.base import EngineState, EngineStatus, Lease, Upstream
 from gateway.engines.process import Backoff, ProcessSpec, SupervisedProcess, free_port
 from gateway.errors import EngineUnavailableError
+from gateway.process_guard import ProcessGuard
 from gateway.settings import Settings
 
 FAMILY = "llama.cpp"
@@ -55,9 +56,10 @@ class LlamaCppEngine:
     family = FAMILY
     key = FAMILY
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, http: httpx.AsyncClient, guard: ProcessGuard) -> None:
         self._settings = settings
         self._http = http
+        self._guard = guard
         self._processes: OrderedDict[str, SupervisedProcess] = OrderedDict()  # LRU order
         self._locks: dict[str, asyncio.Lock] = {}
         self._eager: list[ModelEntry] = []
@@ -75,22 +77,23 @@ class LlamaCppEngine:
         self._processes.clear()
         await asyncio.gather(*(p.stop() for p in processes))
 
-    async def upstream_for(self, entry: ModelEntry) -> Upstream:
+    async def acquire(self, entry: ModelEntry, avoid: frozenset[str] = frozenset()) -> Lease:
         process = await self._ensure_process(entry)
         if not process.ready():
-            # A model's first start is short: wait for it rather than bounce the client.
-            # A restart after a crash answers 503 at once, like every engine.
-            first_start = process.state is EngineState.STARTING
-            timeout_s = self._settings.llamacpp_startup_timeout_s if first_start else 0.0
-            if not await process.wait_ready(timeout_s):
+            # Starting (a first start takes a second) or restarting after a crash:
+            # wait for it rather than bounce the client, up to the engine-wait setting.
+            if not await process.wait_ready(self._settings.engine_wait_s):
                 raise EngineUnavailableError(
                     f"The llama.cpp engine for '{entry.id}' is {process.state.value}; "
                     "retry shortly.",
                     retry_after_s=process.retry_after_s(),
                 )
-        return Upstream(process.spec.base_url)
+        return Lease(process.spec.name, Upstream(process.spec.base_url))
 
-    async def release(self, entry: ModelEntry) -> None:
+    def report_unreachable(self, replica: str) -> None:
+        """One process per model: its supervisor sees it die and restarts it."""
+
+    async def unload(self, entry: ModelEntry) -> None:
         process = self._processes.pop(entry.id, None)
         if process is not None:
             await process.stop()
@@ -149,7 +152,9 @@ class LlamaCppEngine:
             expected_startup_s=_EXPECTED_STARTUP_S,
         )
         backoff = Backoff(settings.restart_backoff_initial_s, settings.restart_backoff_max_s)
-        return SupervisedProcess(spec, self._http, backoff, settings.engine_stop_timeout_s)
+        return SupervisedProcess(
+            spec, self._http, backoff, settings.engine_stop_timeout_s, self._guard
+        )
 
     async def _evict_beyond_limit(self) -> None:
         while len(self._processes) > self._settings.llamacpp_max_running:

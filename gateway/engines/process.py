@@ -1,16 +1,17 @@
 """A supervised engine process: start, wait healthy, restart with backoff, stop.
 
 Engines run as their own processes so that a crash in one cannot take the
-gateway down. Each starts in a new session (so its whole process group, vLLM's
-EngineCore included, can be signalled at once) and with a parent-death signal
-(so even a SIGKILLed gateway leaves no engine behind).
+gateway down. Each is started by the gateway's ``ProcessGuard``: in a new
+session (so its whole process group, vLLM's EngineCore included, can be
+signalled at once), with a parent-death signal, and recorded under the data
+root (so even a SIGKILLed gateway leaves no engine behind; see
+``gateway/process_guard.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -23,10 +24,10 @@ from pathlib import Path
 import httpx
 
 from gateway.engines.base import EngineState
+from gateway.process_guard import ProcessGuard
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 # Once a process has stayed up this long, its next crash starts backoff afresh.
 _STABLE_AFTER_S = 60.0
 
@@ -68,14 +69,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the gateway dies."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
-
-
 class SupervisedProcess:
     """Keeps one engine process alive until ``stop``."""
 
@@ -85,13 +78,17 @@ class SupervisedProcess:
         http: httpx.AsyncClient,
         backoff: Backoff,
         stop_timeout_s: float,
+        guard: ProcessGuard,
         on_ready: Callable[[], Awaitable[None]] | None = None,
+        on_state: Callable[[EngineState], None] | None = None,
     ) -> None:
         self.spec = spec
         self._http = http
         self._backoff = backoff
         self._stop_timeout_s = stop_timeout_s
+        self._guard = guard
         self._on_ready = on_ready
+        self._on_state = on_state
         self._run: _Run | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._ready_event = asyncio.Event()
@@ -183,14 +180,12 @@ class SupervisedProcess:
     async def _launch(self) -> None:
         self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.spec.log_path.open("ab") as log_file:
-            process = await asyncio.create_subprocess_exec(
-                *self.spec.argv,
+            process = await self._guard.spawn(
+                self.spec.argv,
                 env=self.spec.env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
             )
         self._run = _Run(process)
         log.info("%s starting (pid %s): %s", self.spec.name, process.pid, " ".join(self.spec.argv))
@@ -228,11 +223,14 @@ class SupervisedProcess:
         signal_group(pgid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             await run.process.wait()
+        self._guard.forget(pgid)
 
     def _set_state(self, state: EngineState) -> None:
         if state is not self.state:
             self.state = state
             self._state_since = time.monotonic()
+            if self._on_state is not None:
+                self._on_state(state)
 
 
 class _StartFailed(Exception):

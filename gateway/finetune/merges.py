@@ -26,8 +26,8 @@ from typing import Any
 from gateway.adapter_service import AdapterService
 from gateway.catalog import ModelCatalog, ModelEntry
 from gateway.engines.base import Engine
-from gateway.engines.process import die_with_parent
 from gateway.errors import ConflictError, InvalidRequestError, NotFoundError
+from gateway.process_guard import ProcessGuard
 from gateway.settings import Settings
 from tuner.export import QUANTIZATIONS
 
@@ -65,8 +65,10 @@ class MergeService:
         catalog: ModelCatalog,
         engines: dict[str, Engine],
         base_dirs: dict[str, Path],
+        guard: ProcessGuard,
     ) -> None:
         self._settings = settings
+        self._guard = guard
         self._db = db
         self._adapters = adapters
         self._catalog = catalog
@@ -159,7 +161,7 @@ class MergeService:
         entry = self._catalog.resolve(model_id)
         if entry.kind != "merged":
             raise NotFoundError(f"'{model_id}' is not a merged model.", param="model")
-        await self._engines[entry.engine_key].release(entry)
+        await self._engines[entry.engine_key].unload(entry)
         self._catalog.remove(entry.id)
         (self.folder / f"{entry.id}.json").unlink(
             missing_ok=True
@@ -176,28 +178,29 @@ class MergeService:
             work.mkdir(parents=True, exist_ok=True)
             log_path = work / "export.log"
             with log_path.open("wb") as log_file:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "tuner.export",
-                    "--base",
-                    str(self._base_dirs[adapter.base]),
-                    "--adapter",
-                    str(self._adapters.registry.folder_of(adapter.id)),
-                    "--out",
-                    str(gguf),
-                    "--quantization",
-                    merge["quantization"],
-                    "--work",
-                    str(work / "work"),
+                process = await self._guard.spawn(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tuner.export",
+                        "--base",
+                        str(self._base_dirs[adapter.base]),
+                        "--adapter",
+                        str(self._adapters.registry.folder_of(adapter.id)),
+                        "--out",
+                        str(gguf),
+                        "--quantization",
+                        merge["quantization"],
+                        "--work",
+                        str(work / "work"),
+                    ],
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=asyncio.subprocess.STDOUT,
                     env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                    start_new_session=True,
-                    preexec_fn=die_with_parent,
                 )
                 returncode = await process.wait()
+                self._guard.forget(process.pid)
             if returncode != 0 or not gguf.is_file():
                 gguf.unlink(missing_ok=True)
                 reason = _last_line(log_path)

@@ -34,6 +34,7 @@ from gateway.finetune.merges import MergeService, check_quantization
 from gateway.finetune.protocol import CreateJobRequest
 from gateway.finetune.trainer_process import TrainerProcess
 from gateway.forwarding import Forwarder
+from gateway.process_guard import ProcessGuard
 from gateway.protocol import ChatCompletionRequest
 from gateway.settings import Settings
 from tuner import hyperparameters as hp
@@ -63,8 +64,10 @@ class FineTuningService:
         forwarder: Forwarder,
         base_dirs: dict[str, Path],
         merges: MergeService,
+        guard: ProcessGuard,
     ) -> None:
         self._settings = settings
+        self._guard = guard
         self.store = store
         self.files = files
         self._adapters = adapters
@@ -268,7 +271,7 @@ class FineTuningService:
         run_dir = self._settings.runs_dir / job_id
         self.store.update(job_id, status="running")
         self.store.add_event(job_id, "Fine-tuning job started.")
-        trainer = TrainerProcess(run_dir)
+        trainer = TrainerProcess(run_dir, self._guard)
         await trainer.start()
         self._current = (job_id, trainer)
         outcome: dict[str, Any] = {"metrics": []}

@@ -1,8 +1,9 @@
 """One trainer subprocess (``python -m tuner.job RUN_DIR``) and the events it prints.
 
-The trainer runs in its own process group with a parent-death signal, like
-the engines, so cancelling stops all of it and a killed gateway leaves no
-trainer behind.
+The trainer is started by the gateway's ``ProcessGuard``, like the engines: in
+its own process group with a parent-death signal, recorded under the data
+root, so cancelling stops all of it and a killed gateway leaves no trainer
+behind.
 """
 
 from __future__ import annotations
@@ -18,31 +19,28 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from gateway.engines.process import die_with_parent, signal_group
+from gateway.engines.process import signal_group
+from gateway.process_guard import ProcessGuard
 
 log = logging.getLogger(__name__)
 
 
 class TrainerProcess:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, guard: ProcessGuard) -> None:
         self.run_dir = run_dir
+        self._guard = guard
         self.log_path = run_dir / "trainer.log"
         self._process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         with self.log_path.open("ab") as log_file:
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tuner.job",
-                str(self.run_dir),
+            self._process = await self._guard.spawn(
+                [sys.executable, "-m", "tuner.job", str(self.run_dir)],
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
                 env=env,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
                 limit=1024 * 1024,
             )
 
@@ -59,7 +57,9 @@ class TrainerProcess:
 
     async def wait(self) -> int:
         assert self._process is not None
-        return await self._process.wait()
+        returncode = await self._process.wait()
+        self._guard.forget(self._process.pid)
+        return returncode
 
     async def terminate(self, grace_s: float = 5.0) -> None:
         if self._process is None or self._process.returncode is not None:

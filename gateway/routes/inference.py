@@ -5,9 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from gateway.catalog import ModelEntry
 from gateway.forwarding import EngineReply
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, OpenAIRequest
 from gateway.routes.deps import runtime_of
+from gateway.routes.disconnect import ClientDisconnected, unless_disconnected
+from gateway.runtime import GatewayRuntime
 
 router = APIRouter(tags=["inference"])
 
@@ -26,20 +29,31 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, object]:
-    entries = runtime_of(request).catalog.entries()
-    return {"object": "list", "data": [e.to_openai() for e in entries]}
+    runtime = runtime_of(request)
+    return {"object": "list", "data": [_described(runtime, e) for e in runtime.catalog.entries()]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> dict[str, object]:
-    return runtime_of(request).catalog.resolve(model_id).to_openai()
+    runtime = runtime_of(request)
+    return _described(runtime, runtime.catalog.resolve(model_id))
+
+
+def _described(runtime: GatewayRuntime, entry: ModelEntry) -> dict[str, object]:
+    """OpenAI's model object, plus where it is served now (``replicas``)."""
+    return {**entry.to_openai(), "replicas": runtime.replicas_of(entry)}
 
 
 async def _forward(path: str, body: OpenAIRequest, request: Request) -> Response:
     # FastAPI has parsed and validated the body already; the raw bytes it read
     # are cached on the request and go to the engine unchanged.
     raw = await request.body()
-    reply = await runtime_of(request).forwarder.forward(path, body, raw)
+    try:
+        reply = await unless_disconnected(
+            request, runtime_of(request).forwarder.forward(path, body, raw)
+        )
+    except ClientDisconnected:
+        return Response(status_code=499)  # nobody reads it; the work has stopped
     return _to_response(reply)
 
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import httpx
 
 from gateway.catalog import ModelCatalog, ModelEntry
-from gateway.engines.base import EngineState, EngineStatus, Upstream
+from gateway.engines.base import EngineState, EngineStatus, Lease, Upstream
 from gateway.errors import EngineUnavailableError
+from gateway.process_guard import ProcessGuard
 from gateway.runtime import GatewayRuntime, assemble_runtime
 from gateway.settings import Settings
 from tests.support.adapter_factory import write_base
@@ -62,14 +63,17 @@ class FakeEngine:
     loaded: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
 
-    async def upstream_for(self, entry: ModelEntry) -> Upstream:
+    async def acquire(self, entry: ModelEntry, avoid: frozenset[str] = frozenset()) -> Lease:
         if not self.up:
             raise EngineUnavailableError("engine restarting", retry_after_s=7)
         if entry.kind == "adapter" and entry.id not in self.loaded:
             self.loaded.append(entry.id)
-        return Upstream(self.url)
+        return Lease(self.key, Upstream(self.url))
 
-    async def release(self, entry: ModelEntry) -> None:
+    def report_unreachable(self, replica: str) -> None:
+        self.up = False
+
+    async def unload(self, entry: ModelEntry) -> None:
         self.released.append(entry.id)
 
     def ready(self) -> bool:
@@ -110,4 +114,5 @@ def fake_runtime(settings: Settings, upstream: FakeUpstream) -> GatewayRuntime:
     catalog.add(ModelEntry("base", "base", "vllm", "vllm/base", None))
     catalog.add(ModelEntry("base-gguf", "base", "llama.cpp", "llama.cpp", None))
     base_dir = write_base(settings.data_root / "models" / "base")
-    return assemble_runtime(settings, http, catalog, engines, {"base": base_dir})  # type: ignore[arg-type]
+    guard = ProcessGuard(settings.data_root)
+    return assemble_runtime(settings, http, catalog, engines, {"base": base_dir}, guard)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 
+from gateway.engines.base import Upstream
 from gateway.engines.lora_slots import LoraSlots
 
 
@@ -26,15 +27,15 @@ async def test_concurrent_first_requests_load_once_and_lru_evicts():
     admin = FakeVllmAdmin()
     async with httpx.AsyncClient(transport=httpx.MockTransport(admin)) as http:
         slots = LoraSlots(http, capacity=2)
-        url = "http://vllm"
-        await asyncio.gather(*(slots.ensure_loaded(url, {}, "a", Path("/a")) for _ in range(5)))
+        url = Upstream("http://vllm")
+        await asyncio.gather(*(slots.ensure_loaded(url, "a", Path("/a")) for _ in range(5)))
         assert admin.calls == [("load_lora_adapter", "a")]
-        await slots.ensure_loaded(url, {}, "b", Path("/b"))
-        await slots.ensure_loaded(url, {}, "a", Path("/a"))  # a is now the most recent
-        await slots.ensure_loaded(url, {}, "c", Path("/c"))  # evicts b
+        await slots.ensure_loaded(url, "b", Path("/b"))
+        await slots.ensure_loaded(url, "a", Path("/a"))  # a is now the most recent
+        await slots.ensure_loaded(url, "c", Path("/c"))  # evicts b
         assert admin.calls[-2:] == [("unload_lora_adapter", "b"), ("load_lora_adapter", "c")]
         assert slots.loaded() == ["a", "c"]
-        await slots.ensure_loaded(url, {}, "b", Path("/b"))  # b reloads transparently
+        await slots.ensure_loaded(url, "b", Path("/b"))  # b reloads transparently
         assert slots.loaded() == ["c", "b"]
         assert slots.forget_all() == [("c", Path("/c")), ("b", Path("/b"))]
 
@@ -47,5 +48,5 @@ async def test_already_loaded_counts_as_loaded():
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
         slots = LoraSlots(http, capacity=2)
-        await slots.ensure_loaded("http://vllm", {}, "a", Path("/a"))
+        await slots.ensure_loaded(Upstream("http://vllm"), "a", Path("/a"))
         assert slots.loaded() == ["a"]

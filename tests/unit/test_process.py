@@ -12,6 +12,7 @@ import psutil
 
 from gateway.engines.base import EngineState
 from gateway.engines.process import Backoff, ProcessSpec, SupervisedProcess, free_port
+from gateway.process_guard import ProcessGuard
 
 
 def _spec(tmp_path, port: int) -> ProcessSpec:
@@ -47,6 +48,7 @@ async def test_start_restart_after_kill_and_stop(tmp_path):
             http,
             Backoff(0.1, 0.2),
             stop_timeout_s=5,
+            guard=ProcessGuard(tmp_path),
             on_ready=on_ready,
         )
         supervised.start()
@@ -74,7 +76,9 @@ async def test_a_process_that_cannot_start_is_retried_with_backoff(tmp_path):
         **{**spec.__dict__, "argv": [sys.executable, "-c", "raise SystemExit(3)"]}
     )
     async with httpx.AsyncClient() as http:
-        supervised = SupervisedProcess(failing, http, Backoff(0.05, 0.1), stop_timeout_s=2)
+        supervised = SupervisedProcess(
+            failing, http, Backoff(0.05, 0.1), stop_timeout_s=2, guard=ProcessGuard(tmp_path)
+        )
         supervised.start()
         async with asyncio.timeout(10):
             while supervised.restarts < 2:

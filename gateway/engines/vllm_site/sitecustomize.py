@@ -1,6 +1,10 @@
 """Loaded by every process of a vLLM engine the gateway starts (via PYTHONPATH).
 
-It corrects one engine bug before vLLM uses the code in question:
+It arms the parent-death signal in this process and in every child it forks,
+so that vLLM's engine core dies with its API server, which dies with the
+gateway: a SIGKILLed gateway leaves no engine behind (``gateway.parent_death``).
+
+It also corrects one engine bug before vLLM uses the code in question:
 
 vLLM's CPU LoRA kernels (``vllm.lora.ops.torch_ops``) select each token's
 LoRA weights with ``weights[lora_index]``. Tokens of requests *without* an
@@ -60,6 +64,13 @@ class _PatchFinder(importlib.abc.MetaPathFinder):
             spec.loader = _PatchingLoader(spec.loader)
         return spec
 
+
+try:
+    from gateway.parent_death import arm_for_this_process_tree
+except ImportError:  # not started by the gateway
+    pass
+else:
+    arm_for_this_process_tree()
 
 if _TARGET in sys.modules:
     _patch(sys.modules[_TARGET])
