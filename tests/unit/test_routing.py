@@ -196,3 +196,11 @@ async def test_metrics_count_requests_by_model_and_engine(gateway):
     assert 'tunegate_requests_total{engine="vllm",model="base",status="200"} 1.0' in text
     assert 'tunegate_requests_in_flight{engine="vllm",model="base"} 0.0' in text
     assert "tunegate_request_duration_seconds_bucket" in text
+
+
+async def test_tools_on_a_vllm_base_without_a_tool_call_parser_is_a_clear_400(gateway, upstream):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    response = await gateway.post("/v1/chat/completions", json={**CHAT, "tools": tools})
+    error = assert_openai_error(response, 400, "tool_calls_not_enabled")
+    assert error["param"] == "tools" and "tool_call_parser" in error["message"]
+    assert not upstream.seen  # refused before any engine saw it
