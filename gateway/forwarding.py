@@ -194,7 +194,13 @@ class Forwarder:
     def _gate(self, engine_key: str) -> AdmissionGate:
         gate = self._gates.get(engine_key)
         if gate is None:
-            gate = AdmissionGate(engine_key, self._limits.max_in_flight, self._limits.max_queue)
+            # The limits are per replica: a set of eight admits eight times one.
+            replicas = getattr(self._engines[engine_key], "replica_count", 1)
+            gate = AdmissionGate(
+                engine_key,
+                self._limits.max_in_flight * replicas,
+                self._limits.max_queue * replicas,
+            )
             self._gates[engine_key] = gate
         return gate
 

@@ -54,6 +54,12 @@ class GatewayMetrics:
             ("engine",),
             registry=self.registry,
         )
+        self.replica_requests = Gauge(
+            "tunegate_replica_requests_routed",
+            "Requests routed to a replica since the gateway started.",
+            ("engine",),
+            registry=self.registry,
+        )
         self.replica_adapters = Gauge(
             "tunegate_replica_adapters_loaded",
             "Adapters loaded in a replica now.",
@@ -79,6 +85,7 @@ class GatewayMetrics:
             self.engine_up.labels(status.name).set(1 if status.state == "ready" else 0)
             self.engine_restarts.labels(status.name).set(status.restarts)
             self.replica_in_flight.labels(status.name).set(status.in_flight)
+            self.replica_requests.labels(status.name).set(status.requests)
             self.replica_adapters.labels(status.name).set(len(status.adapters))
             self.replica_adapter_loads.labels(status.name).set(status.adapter_loads)
             for state in EngineState:

@@ -222,10 +222,15 @@ class Settings(BaseSettings):
         "dropped before the answer) is retried on another one.",
     )
     engine_max_in_flight: int = Field(
-        64, gt=0, description="Requests one engine runs at once; more wait in its queue."
+        64,
+        gt=0,
+        description="Requests one engine (each replica of a set) runs at once; more wait in "
+        "its queue.",
     )
     engine_max_queue: int = Field(
-        256, ge=0, description="Requests that may wait for an engine; past that, 429 at once."
+        256,
+        ge=0,
+        description="Requests that may wait for an engine (per replica); past that, 429 at once.",
     )
     request_max_tokens: int = Field(
         8192, gt=0, description="Largest max_tokens / max_completion_tokens accepted (400 above)."

@@ -58,6 +58,7 @@ class EngineStatus:
     models: tuple[str, ...] = ()
     detail: str | None = None
     in_flight: int = 0
+    requests: int = 0
     adapters: tuple[str, ...] = ()
     adapter_loads: int = 0
 
@@ -72,6 +73,7 @@ class EngineStatus:
             "models": list(self.models),
             "detail": self.detail,
             "in_flight": self.in_flight,
+            "requests": self.requests,
             "adapters": list(self.adapters),
         }
 
@@ -81,6 +83,7 @@ class EngineStatus:
             "name": self.name,
             "state": self.state.value,
             "in_flight": self.in_flight,
+            "requests": self.requests,
             "adapters": list(self.adapters),
         }
 

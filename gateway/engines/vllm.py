@@ -319,5 +319,9 @@ class VllmReplicaSet:
     def ready(self) -> bool:
         return any(r.serving() for r in self.replicas)
 
+    @property
+    def replica_count(self) -> int:
+        return len(self.replicas)
+
     def statuses(self) -> list[EngineStatus]:
         return [r.status() for r in self.replicas]

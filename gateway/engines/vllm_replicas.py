@@ -113,6 +113,7 @@ class VllmReplica:
             url=self.upstream.base_url,
             models=(self.model_id,),
             in_flight=self.in_flight,
+            requests=self.requests,
             adapters=tuple(self.loras.loaded()),
             adapter_loads=self.loras.loads,
             **fields,  # type: ignore[arg-type]

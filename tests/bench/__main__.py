@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.bench.fleet import fleet
 from tests.bench.suites import Row, adapters, gateway_overhead, merged, real_engines, tuner
 
 
@@ -63,6 +64,8 @@ async def run(suite: str, quick: bool) -> list[Row]:
         rows += await tuner(quick)
     if suite in ("merged", "all"):
         rows += await merged(rounds=3 if quick else 5)
+    if suite in ("fleet", "all"):
+        rows += await fleet(quick)
     return rows
 
 
@@ -70,7 +73,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument(
         "--suite",
-        choices=("overhead", "engines", "adapters", "tuner", "merged", "all"),
+        choices=("overhead", "engines", "adapters", "tuner", "merged", "fleet", "all"),
         default="all",
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")

@@ -1,0 +1,242 @@
+"""The fleet benchmark: the routing policies side by side, in one run.
+
+1. Through the real gateway process: 8 fake vLLM replicas (``fleet_replicas``), 200
+   adapters of Zipf(1.1) popularity, open-loop Poisson arrivals at 70% of the fleet's
+   capacity. Each policy gets a fresh gateway and fresh replicas on the same data root;
+   figures are taken after a warm-up.
+2. The policy alone (virtual time, no HTTP) at 32 replicas and 2,000 adapters.
+
+Reported per policy: adapter loads per 1,000 requests, p50/p99 latency, and the busiest
+replica's request count over the mean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+
+from gateway.engines.process import free_port
+from tests.bench.fleet_model import FleetResult, FleetShape, poisson_arrivals, simulate
+from tests.bench.suites import Row, _wait_for
+from tests.support.adapter_factory import write_adapter, write_base
+from tests.support.gateway_process import start_gateway
+
+BASE = "fleet-base"
+POLICIES = ("affinity", "least-loaded", "round-robin")
+_METRIC = re.compile(r'^(tunegate_replica_\w+)\{engine="([^"]+)"\} ([0-9.e+]+)$', re.M)
+
+
+@contextmanager
+def fake_replicas(shape: FleetShape) -> Iterator[list[str]]:
+    ports = [free_port() for _ in range(shape.replicas)]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.fleet_replicas",
+            "--ports",
+            ",".join(map(str, ports)),
+            "--shape",
+            json.dumps(asdict(shape)),
+            "--base",
+            BASE,
+        ]
+    )
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        for url in urls:
+            _wait_for(url + "/health", 30)
+        yield urls
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def replica_counters(metrics: str) -> dict[str, dict[str, float]]:
+    """metric name -> replica -> value, for the per-replica gauges of /metrics."""
+    found: dict[str, dict[str, float]] = {}
+    for name, replica, value in _METRIC.findall(metrics):
+        found.setdefault(name, {})[replica] = float(value)
+    return found
+
+
+async def open_loop(url: str, adapters: list[str], arrivals: list[tuple[float, str]]) -> list:
+    """Send each request at its arrival time, whatever is still in flight; latencies in s."""
+    names = {f"adapter-{i}": adapter for i, adapter in enumerate(adapters)}
+    latencies: list[float] = []
+    failures = 0
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+    async with httpx.AsyncClient(timeout=120, limits=limits, trust_env=False) as client:
+
+        async def one(adapter: str) -> None:
+            nonlocal failures
+            body = {"model": adapter, "messages": [{"role": "user", "content": "hi"}]}
+            started = time.perf_counter()
+            response = await client.post(url + "/v1/chat/completions", json=body)
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - started)
+            else:
+                failures += 1
+
+        start = time.perf_counter()
+        tasks = []
+        for at, name in arrivals:
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(names[name])))
+        await asyncio.gather(*tasks)
+    if failures:
+        raise RuntimeError(f"{failures} fleet requests failed")
+    return latencies
+
+
+async def through_gateway(shape: FleetShape, seconds: float, warmup_s: float) -> dict:
+    results: dict[str, FleetResult] = {}
+    with tempfile.TemporaryDirectory(prefix="tunegate-fleet-") as tmp:
+        root = Path(tmp)
+        base_dir = write_base(root / "base")
+        imports = root / "imports"
+        for i in range(shape.adapters):
+            write_adapter(imports / f"a{i}", rank=4)
+        data_root = root / "data"
+        data_root.mkdir()
+        adapter_ids: list[str] = []
+        for policy in POLICIES:
+            with fake_replicas(shape) as urls:
+                gateway = start_gateway(
+                    data_root,
+                    "--no-embedded-model",
+                    "--models",
+                    json.dumps([{"id": BASE, "hf_dir": str(base_dir)}]),
+                    "--vllm-urls",
+                    json.dumps(urls),
+                    "--no-llamacpp-enabled",
+                    "--routing-policy",
+                    policy,
+                    "--vllm-max-loras",
+                    str(shape.max_loras),
+                    "--vllm-max-cpu-loras",
+                    str(shape.max_cpu_loras),
+                    "--engine-max-in-flight",
+                    "2000",
+                    "--adapter-import-dirs",
+                    json.dumps([str(imports)]),
+                    "--log-level",
+                    "warning",
+                )
+                try:
+                    gateway.wait_ready(60)
+                    with gateway.http() as http:
+                        if not adapter_ids:  # registered once, kept on the data root
+                            for i in range(shape.adapters):
+                                answer = http.post(
+                                    "/v1/adapters",
+                                    json={"path": str(imports / f"a{i}"), "base": BASE},
+                                )
+                                answer.raise_for_status()
+                                adapter_ids.append(answer.json()["id"])
+                        arrivals = poisson_arrivals(shape, warmup_s + seconds, seed=7)
+                        warm = [a for a in arrivals if a[0] < warmup_s]
+                        await open_loop(gateway.url, adapter_ids, warm)
+                        before = replica_counters(http.get("/metrics").text)
+                        measured = [(t - warmup_s, a) for t, a in arrivals if t >= warmup_s]
+                        latencies = await open_loop(gateway.url, adapter_ids, measured)
+                        after = replica_counters(http.get("/metrics").text)
+                finally:
+                    gateway.stop()
+            loads = after["tunegate_replica_adapter_loads"]
+            routed = after["tunegate_replica_requests_routed"]
+            results[policy] = FleetResult(
+                requests=len(latencies),
+                adapter_loads=round(
+                    sum(loads.values()) - sum(before["tunegate_replica_adapter_loads"].values())
+                ),
+                latencies_s=latencies,
+                per_replica=[
+                    round(routed[r] - before["tunegate_replica_requests_routed"].get(r, 0))
+                    for r in routed
+                ],
+            )
+    return results
+
+
+def compare(suite: str, results: dict[str, FleetResult], goals: bool) -> list[Row]:
+    """Each policy against round-robin; the goals apply to affinity through the gateway."""
+    baseline = results["round-robin"]
+    rows = []
+    for policy in ("affinity", "least-loaded"):
+        mine = results[policy]
+        with_goal = goals and policy == "affinity"
+        loads = mine.loads_per_1000 / baseline.loads_per_1000
+        p99 = mine.percentile_ms(0.99) / baseline.percentile_ms(0.99)
+        rows += [
+            Row(
+                suite,
+                f"{policy}: loads/1k req",
+                baseline.loads_per_1000,
+                mine.loads_per_1000,
+                "loads per 1,000 requests (baseline: round-robin)",
+                "≤ 0.2× round-robin" if with_goal else "",
+                loads <= 0.2 if with_goal else None,
+            ),
+            Row(
+                suite,
+                f"{policy}: p50 ms",
+                baseline.percentile_ms(0.5),
+                mine.percentile_ms(0.5),
+                "ms (baseline: round-robin)",
+            ),
+            Row(
+                suite,
+                f"{policy}: p99 ms",
+                baseline.percentile_ms(0.99),
+                mine.percentile_ms(0.99),
+                "ms (baseline: round-robin)",
+                "≤ 0.7× round-robin" if with_goal else "",
+                p99 <= 0.7 if with_goal else None,
+            ),
+            Row(
+                suite,
+                f"{policy}: max/mean load",
+                baseline.max_over_mean,
+                mine.max_over_mean,
+                "busiest replica's requests ÷ mean (baseline: round-robin)",
+                "affinity ≤ 1.25" if with_goal else "",
+                mine.max_over_mean <= 1.25 if with_goal else None,
+            ),
+        ]
+    return rows
+
+
+async def fleet(quick: bool) -> list[Row]:
+    shape = FleetShape()
+    seconds, warmup = (20, 8) if quick else (60, 15)
+    rows = compare("fleet (gateway)", await through_gateway(shape, seconds, warmup), goals=True)
+    large = FleetShape(replicas=32, adapters=2000)
+    started = time.perf_counter()
+    simulated = {p: simulate(large, p, 10 if quick else 30) for p in POLICIES}
+    decisions = sum(r.requests for r in simulated.values())
+    rows += compare("fleet (32×2000)", simulated, goals=False)
+    elapsed = time.perf_counter() - started
+    rows.append(
+        Row(
+            "fleet (32×2000)",
+            "simulated requests/s",
+            decisions / elapsed,
+            decisions / elapsed,
+            "requests routed and simulated per second of CPU (policy + model)",
+        )
+    )
+    return rows
