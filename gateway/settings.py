@@ -240,7 +240,7 @@ class Settings(BaseSettings):
         30.0, gt=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )
     upstream_max_connections: int = Field(
-        256, gt=0, description="Keep-alive connections the gateway holds to its engines."
+        1024, gt=0, description="Connections the gateway may hold to its engines, all together."
     )
 
     @field_validator("vllm_urls")

@@ -20,6 +20,7 @@ can be compared side by side, over fakes or in the fleet benchmark.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -77,11 +78,16 @@ def rendezvous_order(adapter: str, replicas: Sequence[ReplicaLoad]) -> list[Repl
     """The adapter's own order of the replicas (highest random weight first).
 
     Adding or removing a replica moves only the adapters whose home it was."""
+    rank = _rendezvous_rank(adapter, tuple(sorted(r.name for r in replicas)))
+    return sorted(replicas, key=lambda r: rank[r.name])
 
-    def weight(replica: ReplicaLoad) -> bytes:
-        return hashlib.blake2b(f"{adapter}\0{replica.name}".encode(), digest_size=8).digest()
 
-    return sorted(replicas, key=weight, reverse=True)
+@functools.lru_cache(maxsize=8192)  # the order of an adapter changes only with the replicas
+def _rendezvous_rank(adapter: str, names: tuple[str, ...]) -> dict[str, int]:
+    def weight(name: str) -> bytes:
+        return hashlib.blake2b(f"{adapter}\0{name}".encode(), digest_size=8).digest()
+
+    return {name: place for place, name in enumerate(sorted(names, key=weight, reverse=True))}
 
 
 class Affinity:

@@ -126,6 +126,7 @@ class VllmReplicaSet:
         http: httpx.AsyncClient,
         guard: ProcessGuard,
         policy: RoutingPolicy | None = None,
+        health_http: httpx.AsyncClient | None = None,
     ) -> None:
         self.key = f"{FAMILY}/{spec.id}"
         self.model_id = spec.id
@@ -145,6 +146,11 @@ class VllmReplicaSet:
         for replica in self.replicas:
             replica.on_change = self._notify
         self._health_task: asyncio.Task[None] | None = None
+        # Health checks get connections of their own: with every pooled connection busy
+        # with requests, a check waiting for one would fail and take a healthy replica out.
+        self._health_http = health_http or httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=2 * len(self.replicas)), trust_env=False
+        )
 
     # --- building -------------------------------------------------------------
     def _managed(self, spec: BaseModelSpec, guard: ProcessGuard) -> list[VllmReplica]:
@@ -217,6 +223,7 @@ class VllmReplicaSet:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await asyncio.gather(*(r.stop() for r in self.replicas))
+        await self._health_http.aclose()
 
     async def refresh(self) -> bool:
         """One health round now (``/ready`` asks), so its answer is current."""
@@ -233,7 +240,7 @@ class VllmReplicaSet:
 
     async def _check_all(self) -> None:
         results = await asyncio.gather(
-            *(r.check(self._http) for r in self.replicas), return_exceptions=True
+            *(r.check(self._health_http) for r in self.replicas), return_exceptions=True
         )
         for replica, result in zip(self.replicas, results, strict=True):
             if isinstance(result, Exception):

@@ -22,6 +22,9 @@ from gateway.engines.routing import ReplicaLoad
 log = logging.getLogger(__name__)
 
 FAMILY = "vllm"
+# A saturated engine may answer its health check late: only this many slow checks in a
+# row count as a failure. A refused connection or an error answer counts at once.
+_SLOW_CHECKS_TO_FAIL = 3
 
 
 class VllmReplica:
@@ -36,6 +39,7 @@ class VllmReplica:
         self.requests = 0
         self.taken_out_at: float | None = None
         self.on_change: Callable[[], None] = lambda: None
+        self._slow_checks = 0
 
     # --- what routing sees ----------------------------------------------------
     def serving(self) -> bool:
@@ -77,13 +81,19 @@ class VllmReplica:
         """The adapter is gone, and this replica is down: do not load it again here."""
         self.loras.forget(name)
 
-    async def healthy(self, http: httpx.AsyncClient) -> bool:
+    async def healthy(self, http: httpx.AsyncClient) -> bool | None:
+        """True when ``/health`` answers 200; False when the replica refuses or answers an
+        error; None when it was too slow to tell this time."""
         try:
             response = await http.get(
-                self.upstream.base_url + "/health", headers=self.upstream.headers, timeout=2.0
+                self.upstream.base_url + "/health", headers=self.upstream.headers, timeout=5.0
             )
+        except httpx.TimeoutException:
+            self._slow_checks += 1
+            return None if self._slow_checks < _SLOW_CHECKS_TO_FAIL else False
         except httpx.HTTPError:
             return False
+        self._slow_checks = 0
         return response.status_code == 200
 
     # --- per kind -------------------------------------------------------------
@@ -168,9 +178,10 @@ class ManagedReplica(VllmReplica):
         # does not answer, and brings back one that was taken out but answers again.
         if not self.process.ready():
             return
-        if await self.healthy(http):
+        verdict = await self.healthy(http)
+        if verdict:
             await self.rejoin()
-        else:
+        elif verdict is False:
             self.take_out("its health check failed")
 
     def status(self) -> EngineStatus:
@@ -204,7 +215,10 @@ class RemoteReplica(VllmReplica):
         self._seen_healthy = False
 
     async def check(self, http: httpx.AsyncClient) -> None:
-        if await self.healthy(http):
+        verdict = await self.healthy(http)
+        if verdict is None:
+            return
+        if verdict:
             self._detail = None
             if not self._seen_healthy:
                 self._seen_healthy = True

@@ -61,7 +61,7 @@ def adapter(name: str, folder: Path) -> ModelEntry:
 def make_set(tmp_path, replicas: FakeReplicas, **settings: object) -> VllmReplicaSet:
     values = {"data_root": tmp_path, "vllm_urls": URLS, "embedded_model": False, **settings}
     http = httpx.AsyncClient(transport=httpx.MockTransport(replicas))
-    return VllmReplicaSet(Settings(**values), BASE, http, ProcessGuard(tmp_path))
+    return VllmReplicaSet(Settings(**values), BASE, http, ProcessGuard(tmp_path), health_http=http)
 
 
 async def test_adapter_requests_stay_on_their_replica_and_the_base_uses_both(tmp_path):
@@ -166,7 +166,7 @@ async def test_a_request_that_cannot_reach_its_replica_is_answered_by_another(tm
     settings = Settings(data_root=tmp_path, vllm_urls=URLS, embedded_model=False)
     http = httpx.AsyncClient(transport=httpx.MockTransport(fakes))
     guard = ProcessGuard(tmp_path)
-    engine = VllmReplicaSet(settings, BASE, http, guard)
+    engine = VllmReplicaSet(settings, BASE, http, guard, health_http=http)
     catalog = ModelCatalog()
     catalog.add(ModelEntry("base", "base", "vllm", engine.key, None))
     base_dir = write_base(tmp_path / "models" / "base")
