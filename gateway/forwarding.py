@@ -27,7 +27,7 @@ from gateway.errors import (
     error_from_upstream,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import OpenAIRequest
+from gateway.protocol import RoutedRequest
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,11 @@ class RequestLimits:
             max_queue=settings.engine_max_queue,
         )
 
-    def check(self, request: OpenAIRequest) -> None:
+    def check(self, request: RoutedRequest) -> None:
         bounds = {
             "max_tokens": self.max_tokens,
             "max_completion_tokens": self.max_tokens,
+            "max_output_tokens": self.max_tokens,  # the Responses API's name
             "n": self.max_n,
             "best_of": self.max_n,
         }
@@ -80,17 +81,20 @@ class RequestLimits:
                 )
 
 
-BodyAdapter = Callable[[ModelEntry, OpenAIRequest, bytes], bytes]
+BodyAdapter = Callable[[ModelEntry, RoutedRequest, bytes], bytes]
 
 
-def unchanged(entry: ModelEntry, request: OpenAIRequest, raw: bytes) -> bytes:
+def unchanged(entry: ModelEntry, request: RoutedRequest, raw: bytes) -> bytes:
     return raw
 
 
-def for_llamacpp(entry: ModelEntry, request: OpenAIRequest, raw: bytes) -> bytes:
+def for_llamacpp(entry: ModelEntry, request: RoutedRequest, raw: bytes) -> bytes:
     """llama-cpp-python's server reads ``max_tokens`` only; newer SDK code sends
     ``max_completion_tokens``. Rewrite the body only when that translation is needed."""
-    if getattr(request, "max_completion_tokens", None) is None or request.max_tokens is not None:
+    if (
+        getattr(request, "max_completion_tokens", None) is None
+        or getattr(request, "max_tokens", None) is not None
+    ):
         return raw
     payload = json.loads(raw)
     payload["max_tokens"] = payload.pop("max_completion_tokens")
@@ -159,7 +163,7 @@ class Forwarder:
             self._gates[engine_key] = gate
         return gate
 
-    async def forward(self, path: str, request: OpenAIRequest, raw_body: bytes) -> EngineReply:
+    async def forward(self, path: str, request: RoutedRequest, raw_body: bytes) -> EngineReply:
         self._limits.check(request)
         entry = self._catalog.resolve(request.model)
         if request.model_extra and log.isEnabledFor(logging.DEBUG):  # the hot path: no sorting

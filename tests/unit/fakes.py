@@ -24,6 +24,37 @@ SSE_BODY = (
 )
 
 
+def vllm_response(model: str, text: str) -> dict[str, object]:
+    """A Responses API answer as vLLM's own route gives it (trimmed to the required fields)."""
+    message = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1,
+        "status": "completed",
+        "model": model,
+        "output": [
+            {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [message],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": 3,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 1,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 4,
+        },
+    }
+
+
 def chat_completion(model: str, text: str) -> dict[str, object]:
     return {
         "id": "chatcmpl-1",
@@ -92,6 +123,8 @@ class FakeUpstream:
         if self.answer is not None:
             return self.answer(request)
         body = json.loads(request.content)
+        if request.url.path == "/v1/responses" and not body.get("stream"):
+            return httpx.Response(200, json=vllm_response(body["model"], "Paris"))
         if body.get("stream"):
             return httpx.Response(
                 200, stream=ChunkedStream(SSE_BODY), headers={"content-type": "text/event-stream"}

@@ -1,0 +1,65 @@
+"""OpenAI's Responses API: ``POST /v1/responses``, stateless.
+
+Responses are not stored, so the routes that read stored ones answer ``400``
+with a message that says so (rather than ``404``, which would suggest that an
+id was merely wrong).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from gateway.errors import InvalidRequestError
+from gateway.responses.protocol import NOT_STORED_MESSAGE, ResponseDocument, ResponsesRequest
+from gateway.responses.service import create_response
+from gateway.routes.deps import runtime_of
+from gateway.routes.openapi import errors, event_stream
+from gateway.routes.replies import to_http_response
+
+router = APIRouter(tags=["inference"])
+
+_CREATED = {
+    200: {
+        "model": ResponseDocument,
+        "description": "The response; with `stream`, its events",
+        "content": event_stream("Responses API events, each with its sequence_number"),
+    },
+    **errors(404, 429, 500, 503),
+}
+
+
+@router.post("/v1/responses", responses=_CREATED)
+async def create(body: ResponsesRequest, request: Request) -> Response:
+    runtime = runtime_of(request)
+    raw = await request.body()
+    reply = await create_response(runtime.catalog, runtime.forwarder, body, raw)
+    return to_http_response(reply)
+
+
+@router.get("/v1/responses/{response_id}", responses=errors(400))
+async def retrieve(response_id: str) -> dict[str, Any]:
+    raise _not_stored()
+
+
+@router.delete("/v1/responses/{response_id}", responses=errors(400))
+async def delete(response_id: str) -> dict[str, Any]:
+    raise _not_stored()
+
+
+@router.post("/v1/responses/{response_id}/cancel", responses=errors(400))
+async def cancel(response_id: str) -> dict[str, Any]:
+    raise _not_stored()
+
+
+@router.get("/v1/responses/{response_id}/input_items", responses=errors(400))
+async def input_items(response_id: str) -> dict[str, Any]:
+    raise _not_stored()
+
+
+def _not_stored() -> InvalidRequestError:
+    return InvalidRequestError(
+        NOT_STORED_MESSAGE, param="response_id", code="response_storage_disabled"
+    )
