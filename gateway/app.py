@@ -66,7 +66,7 @@ def create_app(
     app.include_router(fine_tunes.router)
     app.include_router(operations.router)
     app.include_router(ui.router)
-    install_openapi(app)
+    install_openapi(app, runtime_details=[fine_tunes.document_upload_limits])
     # Added last = runs first: the key is checked before the body is read.
     app.add_middleware(
         BodyLimitMiddleware,

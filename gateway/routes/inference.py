@@ -20,7 +20,7 @@ _FORWARDED: dict[int | str, dict[str, Any]] = {
         "description": "The engine's answer; with `stream`, its chunks",
         "content": {
             "application/json": {"schema": {"type": "object"}},
-            **event_stream("chunks, then `data: [DONE]`"),
+            **event_stream("A JSON chunk, or [DONE] at the end"),
         },
     },
     **errors(404, 409, 429, 500, 503),

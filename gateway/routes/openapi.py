@@ -11,12 +11,19 @@ body themselves (uploads) describe it with ``request_body``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+
+if TYPE_CHECKING:
+    from gateway.runtime import GatewayRuntime
+
+# Fills in what this gateway's settings decide (its bases, its limits).
+RuntimeDetails = Callable[[dict[str, Any], "GatewayRuntime"], None]
 
 FILE = {"type": "string", "format": "binary"}
 TEXT = {"type": "string"}
@@ -25,6 +32,8 @@ _REF_TEMPLATE = "#/components/schemas/{model}"
 _ERROR_REF = {"$ref": _REF_TEMPLATE.format(model="ErrorResponse")}
 # Routes outside the key check and the shutdown drain (gateway.middleware).
 _UNGUARDED_PATHS = frozenset({"/health"})
+# ``openapi_extra`` of a route that exists only to say why it cannot be served.
+ALWAYS_REFUSED = "x-always-refused"
 
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Invalid request: bad JSON, a missing or invalid parameter",
@@ -57,9 +66,20 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
 
 
-def event_stream(description: str) -> dict[str, Any]:
-    """A ``200`` content entry for a route that streams server-sent events."""
-    return {"text/event-stream": {"schema": {"type": "string", "description": description}}}
+def event_stream(description: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ``200`` content entry for a route that streams server-sent events.
+
+    Its schema describes one event (OpenAPI 3.1 has no schema of the whole
+    stream); ``data``, when given, is the schema of each event's JSON payload."""
+    data_schema: dict[str, Any] = {"type": "string", "description": description}
+    if data is not None:
+        data_schema.update(contentMediaType="application/json", contentSchema=data)
+    event = {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"event": {"type": "string"}, "data": data_schema},
+    }
+    return {"text/event-stream": {"schema": event}}
 
 
 def request_body(**content_schemas: dict[str, Any]) -> dict[str, Any]:
@@ -84,8 +104,17 @@ def auto_or(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "string", "enum": ["auto"]}]}
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Replace FastAPI's document with one that lists the statuses really answered."""
+def multipart_schema(document: dict[str, Any], path: str, method: str) -> dict[str, Any]:
+    body = document["paths"][path][method]["requestBody"]
+    schema: dict[str, Any] = body["content"]["multipart/form-data"]["schema"]
+    return schema
+
+
+def install_openapi(app: FastAPI, runtime_details: Iterable[RuntimeDetails] = ()) -> None:
+    """Replace FastAPI's document with one that lists the statuses really answered.
+
+    ``runtime_details`` complete it from the running gateway (built in the
+    lifespan, so before the document is first asked for)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -93,6 +122,9 @@ def install_openapi(app: FastAPI) -> None:
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
             _document_shared_errors(document)
+            runtime = getattr(app.state, "runtime", None)
+            for fill in runtime_details if runtime is not None else ():
+                fill(document, runtime)
             app.openapi_schema = document
         return app.openapi_schema
 
@@ -116,6 +148,8 @@ def _document_shared_errors(document: dict[str, Any]) -> None:
             for status, applies in shared.items():
                 if applies:
                     responses.setdefault(str(status), _error_response(status))
+            if operation.pop(ALWAYS_REFUSED, False):
+                responses.pop("200", None)
             operation["responses"] = dict(sorted(responses.items()))
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):

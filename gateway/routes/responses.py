@@ -16,19 +16,31 @@ from gateway.errors import InvalidRequestError
 from gateway.responses.protocol import NOT_STORED_MESSAGE, ResponseDocument, ResponsesRequest
 from gateway.responses.service import create_response
 from gateway.routes.deps import runtime_of
-from gateway.routes.openapi import errors, event_stream
+from gateway.routes.openapi import ALWAYS_REFUSED, errors, event_stream
 from gateway.routes.replies import to_http_response
 
 router = APIRouter(tags=["inference"])
 
+# A Responses event; an engine that stops mid-answer ends the stream with an error.
+_EVENT_DATA = {
+    "anyOf": [
+        {
+            "type": "object",
+            "required": ["type", "sequence_number"],
+            "properties": {"type": {"type": "string"}, "sequence_number": {"type": "integer"}},
+        },
+        {"$ref": "#/components/schemas/ErrorResponse"},
+    ]
+}
 _CREATED = {
     200: {
         "model": ResponseDocument,
         "description": "The response; with `stream`, its events",
-        "content": event_stream("Responses API events, each with its sequence_number"),
+        "content": event_stream("One Responses API event", data=_EVENT_DATA),
     },
     **errors(404, 429, 500, 503),
 }
+_REFUSED = {"responses": errors(400), "openapi_extra": {ALWAYS_REFUSED: True}}
 
 
 @router.post("/v1/responses", responses=_CREATED)
@@ -39,22 +51,22 @@ async def create(body: ResponsesRequest, request: Request) -> Response:
     return to_http_response(reply)
 
 
-@router.get("/v1/responses/{response_id}", responses=errors(400))
+@router.get("/v1/responses/{response_id}", **_REFUSED)
 async def retrieve(response_id: str) -> dict[str, Any]:
     raise _not_stored()
 
 
-@router.delete("/v1/responses/{response_id}", responses=errors(400))
+@router.delete("/v1/responses/{response_id}", **_REFUSED)
 async def delete(response_id: str) -> dict[str, Any]:
     raise _not_stored()
 
 
-@router.post("/v1/responses/{response_id}/cancel", responses=errors(400))
+@router.post("/v1/responses/{response_id}/cancel", **_REFUSED)
 async def cancel(response_id: str) -> dict[str, Any]:
     raise _not_stored()
 
 
-@router.get("/v1/responses/{response_id}/input_items", responses=errors(400))
+@router.get("/v1/responses/{response_id}/input_items", **_REFUSED)
 async def input_items(response_id: str) -> dict[str, Any]:
     raise _not_stored()
 

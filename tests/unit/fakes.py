@@ -55,6 +55,15 @@ def vllm_response(model: str, text: str) -> dict[str, object]:
     }
 
 
+def vllm_response_events(model: str, text: str) -> bytes:
+    done = vllm_response(model, text)
+    events = [
+        {"type": "response.created", "sequence_number": 0, "response": {**done, "output": []}},
+        {"type": "response.completed", "sequence_number": 1, "response": done},
+    ]
+    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+
+
 def chat_completion(model: str, text: str) -> dict[str, object]:
     return {
         "id": "chatcmpl-1",
@@ -123,7 +132,13 @@ class FakeUpstream:
         if self.answer is not None:
             return self.answer(request)
         body = json.loads(request.content)
-        if request.url.path == "/v1/responses" and not body.get("stream"):
+        if request.url.path == "/v1/responses":
+            if body.get("stream"):
+                return httpx.Response(
+                    200,
+                    stream=ChunkedStream(vllm_response_events(body["model"], "Paris")),
+                    headers={"content-type": "text/event-stream"},
+                )
             return httpx.Response(200, json=vllm_response(body["model"], "Paris"))
         if body.get("stream"):
             return httpx.Response(
