@@ -38,7 +38,7 @@ _CREATED = {
         "description": "The response; with `stream`, its events",
         "content": event_stream("One Responses API event", data=_EVENT_DATA),
     },
-    **errors(404, 429, 500, 503),
+    **errors(404, 409, 429, 500, 503),
 }
 _REFUSED = {"responses": errors(400), "openapi_extra": {ALWAYS_REFUSED: True}}
 
