@@ -24,46 +24,6 @@ SSE_BODY = (
 )
 
 
-def vllm_response(model: str, text: str) -> dict[str, object]:
-    """A Responses API answer as vLLM's own route gives it (trimmed to the required fields)."""
-    message = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-    return {
-        "id": "resp_1",
-        "object": "response",
-        "created_at": 1,
-        "status": "completed",
-        "model": model,
-        "output": [
-            {
-                "id": "msg_1",
-                "type": "message",
-                "role": "assistant",
-                "status": "completed",
-                "content": [message],
-            }
-        ],
-        "parallel_tool_calls": True,
-        "tool_choice": "auto",
-        "tools": [],
-        "usage": {
-            "input_tokens": 3,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": 1,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": 4,
-        },
-    }
-
-
-def vllm_response_events(model: str, text: str) -> bytes:
-    done = vllm_response(model, text)
-    events = [
-        {"type": "response.created", "sequence_number": 0, "response": {**done, "output": []}},
-        {"type": "response.completed", "sequence_number": 1, "response": done},
-    ]
-    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
-
-
 def chat_completion(model: str, text: str) -> dict[str, object]:
     return {
         "id": "chatcmpl-1",
@@ -132,14 +92,6 @@ class FakeUpstream:
         if self.answer is not None:
             return self.answer(request)
         body = json.loads(request.content)
-        if request.url.path == "/v1/responses":
-            if body.get("stream"):
-                return httpx.Response(
-                    200,
-                    stream=ChunkedStream(vllm_response_events(body["model"], "Paris")),
-                    headers={"content-type": "text/event-stream"},
-                )
-            return httpx.Response(200, json=vllm_response(body["model"], "Paris"))
         if body.get("stream"):
             return httpx.Response(
                 200, stream=ChunkedStream(SSE_BODY), headers={"content-type": "text/event-stream"}

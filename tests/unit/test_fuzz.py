@@ -29,7 +29,8 @@ from schemathesis.specs.openapi.checks import (
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.unit.fakes import FakeUpstream, fake_runtime
+from tests.unit.fake_responses import ResponsesUpstream
+from tests.unit.fakes import fake_runtime
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -53,7 +54,7 @@ def _app():
     limits = {"max_request_bytes": 64 * 1024, "max_upload_bytes": 256 * 1024}
 
     async def fake_engines(settings_: Settings):
-        return fake_runtime(settings_, FakeUpstream())
+        return fake_runtime(settings_, ResponsesUpstream())
 
     return create_app(Settings(data_root=data_root, **limits), runtime_factory=fake_engines)
 

@@ -15,10 +15,16 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from tests.unit.fake_responses import ResponsesUpstream
 from tests.unit.fakes import ChunkedStream, chat_completion
 
 STREAM_EVENT = TypeAdapter(ResponseStreamEvent)
 ASK = {"model": "base-gguf", "input": "What is the capital of France?"}
+
+
+@pytest.fixture
+def upstream() -> ResponsesUpstream:
+    return ResponsesUpstream()
 
 
 @pytest.fixture
