@@ -207,8 +207,9 @@ def _required_text(item: dict[str, Any], key: str, index: int) -> str:
 
 def _unsupported(param: str, what: str, engine: str) -> InvalidRequestError:
     return InvalidRequestError(
-        f"Models served by {engine} take no {what}; only the Responses API's "
-        "messages, function tools and function call items translate to their chat API.",
+        f"Models served by {engine} take no {what} here: the gateway answers the Responses "
+        "API for them through their chat API, which has messages, function tools and "
+        "function calls only.",
         param=param,
         code="unsupported_value",
     )
