@@ -18,8 +18,10 @@ from gateway.routes import (
     inference,
     merges,
     operations,
+    responses,
     ui,
 )
+from gateway.routes.openapi import install_openapi
 from gateway.runtime import GatewayRuntime, build_runtime
 from gateway.settings import Settings
 
@@ -56,6 +58,7 @@ def create_app(
     app.state.drain = DrainState()
     install_error_handlers(app)
     app.include_router(inference.router)
+    app.include_router(responses.router)
     app.include_router(merges.router)
     app.include_router(adapters.router)
     app.include_router(files.router)
@@ -63,6 +66,7 @@ def create_app(
     app.include_router(fine_tunes.router)
     app.include_router(operations.router)
     app.include_router(ui.router)
+    install_openapi(app, runtime_details=[fine_tunes.document_upload_limits])
     # Added last = runs first: the key is checked before the body is read.
     app.add_middleware(
         BodyLimitMiddleware,

@@ -8,7 +8,6 @@
     │   └── ModelNotFoundError         404 invalid_request_error / model_not_found
     ├── ConflictError                  409 invalid_request_error / conflict
     ├── PayloadTooLargeError           413 invalid_request_error / payload_too_large
-    ├── UnprocessableError             422 invalid_request_error
     ├── AdapterLoadError               500 server_error / adapter_load_failed
     ├── RateLimitError                 429 rate_limit_error (+ Retry-After)
     └── ServiceUnavailableError        503 service_unavailable (+ Retry-After)
@@ -98,11 +97,6 @@ class PayloadTooLargeError(TunegateError):
     status_code = 413
     error_type = "invalid_request_error"
     default_code = "payload_too_large"
-
-
-class UnprocessableError(TunegateError):
-    status_code = 422
-    error_type = "invalid_request_error"
 
 
 class AdapterLoadError(TunegateError):

@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -35,7 +35,7 @@ from gateway.errors import (
     error_from_upstream,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import OpenAIRequest
+from gateway.protocol import RoutedRequest
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,17 @@ _JSON_HEADERS = {"content-type": "application/json"}
 
 @dataclass(frozen=True)
 class EngineReply:
-    """An engine's successful answer: whole bytes, or a stream of SSE bytes."""
+    """An engine's successful answer: whole bytes, or a stream of SSE bytes.
+
+    ``abandon`` releases what a stream holds (the engine's response, the request's
+    admission slot and replica) when the stream is never read to its end, or never
+    read at all: a client that leaves before the first chunk never starts it."""
 
     status: int
     media_type: str
     body: bytes = b""
     chunks: AsyncIterator[bytes] | None = None
+    abandon: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,10 +78,11 @@ class RequestLimits:
             retries=settings.request_retries,
         )
 
-    def check(self, request: OpenAIRequest) -> None:
+    def check(self, request: RoutedRequest) -> None:
         bounds = {
             "max_tokens": self.max_tokens,
             "max_completion_tokens": self.max_tokens,
+            "max_output_tokens": self.max_tokens,  # the Responses API's name
             "n": self.max_n,
             "best_of": self.max_n,
         }
@@ -90,7 +96,7 @@ class RequestLimits:
                 )
 
 
-def check_tools(catalog: ModelCatalog, entry: ModelEntry, request: OpenAIRequest) -> None:
+def check_tools(catalog: ModelCatalog, entry: ModelEntry, request: RoutedRequest) -> None:
     """vLLM answers a request with ``tools`` only when it was started with a tool-call
     parser for the model's family; say which setting gives it one, up front."""
     if entry.engine != "vllm" or not getattr(request, "tools", None):
@@ -108,17 +114,20 @@ def check_tools(catalog: ModelCatalog, entry: ModelEntry, request: OpenAIRequest
     )
 
 
-BodyAdapter = Callable[[ModelEntry, OpenAIRequest, bytes], bytes]
+BodyAdapter = Callable[[ModelEntry, RoutedRequest, bytes], bytes]
 
 
-def unchanged(entry: ModelEntry, request: OpenAIRequest, raw: bytes) -> bytes:
+def unchanged(entry: ModelEntry, request: RoutedRequest, raw: bytes) -> bytes:
     return raw
 
 
-def for_llamacpp(entry: ModelEntry, request: OpenAIRequest, raw: bytes) -> bytes:
+def for_llamacpp(entry: ModelEntry, request: RoutedRequest, raw: bytes) -> bytes:
     """llama-cpp-python's server reads ``max_tokens`` only; newer SDK code sends
     ``max_completion_tokens``. Rewrite the body only when that translation is needed."""
-    if getattr(request, "max_completion_tokens", None) is None or request.max_tokens is not None:
+    if (
+        getattr(request, "max_completion_tokens", None) is None
+        or getattr(request, "max_tokens", None) is not None
+    ):
         return raw
     payload = json.loads(raw)
     payload["max_tokens"] = payload.pop("max_completion_tokens")
@@ -204,7 +213,7 @@ class Forwarder:
             self._gates[engine_key] = gate
         return gate
 
-    async def forward(self, path: str, request: OpenAIRequest, raw_body: bytes) -> EngineReply:
+    async def forward(self, path: str, request: RoutedRequest, raw_body: bytes) -> EngineReply:
         self._limits.check(request)
         entry = self._catalog.resolve(request.model)
         check_tools(self._catalog, entry, request)
@@ -224,7 +233,14 @@ class Forwarder:
                 raise error_from_upstream(response.status_code, payload)
             if request.stream:
                 relay = self._relay(response, ticket)
-                return EngineReply(response.status_code, "text/event-stream", chunks=relay)
+
+                async def abandon() -> None:
+                    await response.aclose()
+                    ticket.close(499)
+
+                return EngineReply(
+                    response.status_code, "text/event-stream", chunks=relay, abandon=abandon
+                )
             payload = await response.aread()
             await response.aclose()
         except TunegateError as error:

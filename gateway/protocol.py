@@ -15,11 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field
 ChatRole = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
-class OpenAIRequest(BaseModel):
+class RoutedRequest(BaseModel):
+    """What the gateway needs of any request it forwards: the model, and whether it streams."""
+
     model_config = ConfigDict(extra="allow")
 
     model: Annotated[str, Field(min_length=1, max_length=512)]
     stream: bool | None = False
+
+    def unknown_fields(self) -> list[str]:
+        return sorted((self.model_extra or {}).keys())
+
+
+class OpenAIRequest(RoutedRequest):
+    """The sampling fields that chat completions and completions share."""
+
     n: Annotated[int, Field(ge=1, le=16)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
@@ -31,9 +41,6 @@ class OpenAIRequest(BaseModel):
     user: str | None = None
     stream_options: dict[str, Any] | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-
-    def unknown_fields(self) -> list[str]:
-        return sorted((self.model_extra or {}).keys())
 
 
 class ChatMessage(BaseModel):

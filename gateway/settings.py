@@ -233,7 +233,10 @@ class Settings(BaseSettings):
         description="Requests that may wait for an engine (per replica); past that, 429 at once.",
     )
     request_max_tokens: int = Field(
-        8192, gt=0, description="Largest max_tokens / max_completion_tokens accepted (400 above)."
+        8192,
+        gt=0,
+        description="Largest max_tokens / max_completion_tokens / max_output_tokens accepted "
+        "(400 above).",
     )
     request_max_n: int = Field(8, gt=0, description="Largest n / best_of accepted (400 above).")
     drain_timeout_s: float = Field(

@@ -47,7 +47,7 @@ def merged_model_id(adapter_id: str, quantization: str) -> str:
 
 
 def check_quantization(value: Any) -> str:
-    if value not in QUANTIZATIONS:
+    if not isinstance(value, str) or value not in QUANTIZATIONS:
         raise InvalidRequestError(
             f"'quantization' must be one of {', '.join(sorted(QUANTIZATIONS))}.",
             param="quantization",

@@ -453,11 +453,15 @@ class FineTuningService:
         except (TunegateError, ValueError, KeyError, IndexError):
             return None
 
+    def trainable_bases(self) -> list[str]:
+        """The base models a job may name: those with an HF checkpoint."""
+        return sorted(self._base_dirs)
+
     # --- helpers ----------------------------------------------------------------
     def _base_for(self, model: str) -> str:
         if model in self._base_dirs:
             return model
-        known = ", ".join(sorted(self._base_dirs)) or "none"
+        known = ", ".join(self.trainable_bases()) or "none"
         raise InvalidRequestError(
             f"'{model}' cannot be fine-tuned here; base models that can: {known}.",
             param="model",

@@ -25,13 +25,16 @@ from adapters.registry import RegisterRequest
 from adapters.validation import CONFIG_FILE, WEIGHTS_FILE
 from gateway.error_handlers import describe_validation_errors
 from gateway.routes.deps import runtime_of
-from gateway.routes.openapi import FILE, TEXT, object_schema, request_body
+from gateway.routes.openapi import FILE, TEXT, errors, object_schema, request_body
 
 router = APIRouter(tags=["adapters"])
 
 _UPLOAD_FIELDS = {"adapter_model": WEIGHTS_FILE, "adapter_config": CONFIG_FILE}
 _REGISTER_SCHEMA = request_body(
-    json=object_schema(["path", "base", "suffix"], path=TEXT, base=TEXT, suffix=TEXT, owner=TEXT),
+    json={
+        **object_schema(["path", "base", "suffix"], path=TEXT, base=TEXT, suffix=TEXT, owner=TEXT),
+        "additionalProperties": False,
+    },
     multipart=object_schema(
         ["adapter_model", "adapter_config", "base", "suffix"],
         adapter_model=FILE,
@@ -58,7 +61,9 @@ class UploadFields(BaseModel):
     owner: str = DEFAULT_OWNER
 
 
-@router.post("/v1/adapters", status_code=201, openapi_extra=_REGISTER_SCHEMA)
+# 400 also for adapter files that are not a valid PEFT LoRA for the base: a schema
+# cannot say what makes safetensors valid.
+@router.post("/v1/adapters", status_code=201, openapi_extra=_REGISTER_SCHEMA, responses=errors(409))
 async def register_adapter(request: Request) -> dict[str, Any]:
     service = runtime_of(request).adapters
     content_type = request.headers.get("content-type", "")

@@ -9,13 +9,23 @@ from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
 from gateway.errors import InvalidRequestError
-from gateway.finetune.files import check_purpose
+from gateway.finetune.files import USER_PURPOSES, check_purpose
 from gateway.routes.deps import runtime_of
-from gateway.routes.openapi import FILE, TEXT, object_schema, request_body
+from gateway.routes.openapi import FILE, errors, object_schema, request_body
 
 router = APIRouter(tags=["files"])
 
-_UPLOAD_SCHEMA = request_body(multipart=object_schema(["file", "purpose"], file=FILE, purpose=TEXT))
+_UPLOAD_SCHEMA = request_body(
+    multipart=object_schema(
+        ["file", "purpose"], file=FILE, purpose={"type": "string", "enum": sorted(USER_PURPOSES)}
+    )
+)
+_CONTENT = {
+    200: {
+        "description": "The file's bytes",
+        "content": {"application/octet-stream": {"schema": FILE}},
+    }
+}
 
 
 async def read_upload(request: Request, field: str = "file") -> tuple[UploadFile, dict[str, str]]:
@@ -41,7 +51,7 @@ async def create_file(request: Request) -> dict[str, Any]:
         await upload.close()
 
 
-@router.get("/v1/files")
+@router.get("/v1/files", responses=errors(404))  # 404: an unknown ``after``
 async def list_files(
     request: Request,
     purpose: str | None = None,
@@ -57,7 +67,7 @@ async def retrieve_file(file_id: str, request: Request) -> dict[str, Any]:
     return runtime_of(request).fine_tuning.files.get(file_id)
 
 
-@router.get("/v1/files/{file_id}/content")
+@router.get("/v1/files/{file_id}/content", response_class=FileResponse, responses=_CONTENT)
 async def file_content(file_id: str, request: Request) -> FileResponse:
     store = runtime_of(request).fine_tuning.files
     meta = store.get(file_id)

@@ -24,7 +24,16 @@ from gateway.finetune.jobs_store import TERMINAL
 from gateway.finetune.protocol import CreateJobRequest
 from gateway.routes.deps import runtime_of
 from gateway.routes.files import read_upload
-from gateway.routes.openapi import FILE, TEXT, object_schema, request_body
+from gateway.routes.openapi import (
+    FILE,
+    auto_or,
+    errors,
+    event_stream,
+    multipart_schema,
+    object_schema,
+    request_body,
+)
+from gateway.runtime import GatewayRuntime
 
 router = APIRouter(tags=["fine-tuning"])
 
@@ -36,20 +45,39 @@ _HYPERPARAMETER_FIELDS = (
     "lora_alpha",
 )
 _POLL_S = 0.5
+_FILE_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}
 _UPLOAD_SCHEMA = request_body(
     multipart=object_schema(
         ["file", "model"],
         file=FILE,
-        model=TEXT,
-        suffix=TEXT,
-        validation_file=TEXT,
-        seed={"type": "integer"},
-        **dict.fromkeys(_HYPERPARAMETER_FIELDS, TEXT),
+        model={"type": "string", "description": "A base model with an HF checkpoint"},
+        # Lowercased, other characters become '-': it needs one letter or digit.
+        suffix={"type": "string", "maxLength": 64, "pattern": "[A-Za-z0-9]"},
+        validation_file=_FILE_ID,
+        seed={"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+        n_epochs=auto_or({"type": "integer", "minimum": 1, "maximum": 50}),
+        batch_size=auto_or({"type": "integer", "minimum": 1, "maximum": 256}),
+        learning_rate_multiplier=auto_or({"type": "number", "exclusiveMinimum": 0, "maximum": 10}),
+        lora_rank=auto_or({"type": "integer", "minimum": 1, "maximum": 256}),
+        lora_alpha=auto_or({"type": "integer", "minimum": 1, "maximum": 1024}),
     )
 )
+_EVENTS = {
+    200: {
+        "description": "The job's events; with `stream`, as server-sent events",
+        "content": event_stream("A job event; a last `job` event; then [DONE]"),
+    }
+}
 
 
-@router.post("/v1/fine_tunes", openapi_extra=_UPLOAD_SCHEMA)
+def document_upload_limits(document: dict[str, Any], runtime: GatewayRuntime) -> None:
+    """What this gateway's settings allow: its trainable bases, its highest LoRA rank."""
+    fields = multipart_schema(document, "/v1/fine_tunes", "post")["properties"]
+    fields["model"]["enum"] = runtime.fine_tuning.trainable_bases()
+    fields["lora_rank"]["anyOf"][0]["maximum"] = runtime.settings.vllm_max_lora_rank
+
+
+@router.post("/v1/fine_tunes", openapi_extra=_UPLOAD_SCHEMA, responses=errors(404))
 async def create_fine_tune(request: Request) -> dict[str, Any]:
     service = runtime_of(request).fine_tuning
     upload, fields = await read_upload(request)
@@ -82,7 +110,7 @@ async def retrieve_fine_tune(job_id: str, request: Request) -> dict[str, Any]:
     return runtime_of(request).fine_tuning.get(job_id)
 
 
-@router.get("/v1/fine_tunes/{job_id}/events", response_model=None)
+@router.get("/v1/fine_tunes/{job_id}/events", response_model=None, responses=_EVENTS)
 async def fine_tune_events(
     job_id: str, request: Request, stream: bool = False
 ) -> dict[str, Any] | StreamingResponse:

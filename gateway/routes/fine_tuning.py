@@ -8,16 +8,17 @@ from fastapi import APIRouter, Request
 
 from gateway.finetune.protocol import CreateJobRequest
 from gateway.routes.deps import runtime_of
+from gateway.routes.openapi import errors
 
 router = APIRouter(tags=["fine-tuning"])
 
 
-@router.post("/v1/fine_tuning/jobs")
+@router.post("/v1/fine_tuning/jobs", responses=errors(404))  # 404: an unknown file
 async def create_job(body: CreateJobRequest, request: Request) -> dict[str, Any]:
     return runtime_of(request).fine_tuning.create(body)
 
 
-@router.get("/v1/fine_tuning/jobs")
+@router.get("/v1/fine_tuning/jobs", responses=errors(404))  # 404: an unknown ``after``
 async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> dict[str, Any]:
     metadata = {
         key[len("metadata[") : -1]: value

@@ -1,28 +1,41 @@
-"""OpenAI inference routes: chat completions, completions, models."""
+"""OpenAI inference routes: chat completions, completions, models (Responses: responses.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from gateway.catalog import ModelEntry
-from gateway.forwarding import EngineReply
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, OpenAIRequest
 from gateway.routes.deps import runtime_of
 from gateway.routes.disconnect import ClientDisconnected, unless_disconnected
+from gateway.routes.openapi import errors, event_stream
+from gateway.routes.replies import to_http_response
 from gateway.runtime import GatewayRuntime
 
 router = APIRouter(tags=["inference"])
 
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The engine's answer as it sent it; with ``stream``, its chunks as server-sent events.
+_FORWARDED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The engine's answer; with `stream`, its chunks",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            **event_stream("A JSON chunk, or [DONE] at the end"),
+        },
+    },
+    **errors(404, 409, 429, 500, 503),
+}
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=_FORWARDED)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     return await _forward("/v1/chat/completions", body, request)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=_FORWARDED)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     return await _forward("/v1/completions", body, request)
 
@@ -33,7 +46,7 @@ async def list_models(request: Request) -> dict[str, object]:
     return {"object": "list", "data": [_described(runtime, e) for e in runtime.catalog.entries()]}
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", responses=errors(404))
 async def retrieve_model(model_id: str, request: Request) -> dict[str, object]:
     runtime = runtime_of(request)
     return _described(runtime, runtime.catalog.resolve(model_id))
@@ -54,15 +67,4 @@ async def _forward(path: str, body: OpenAIRequest, request: Request) -> Response
         )
     except ClientDisconnected:
         return Response(status_code=499)  # nobody reads it; the work has stopped
-    return _to_response(reply)
-
-
-def _to_response(reply: EngineReply) -> Response:
-    if reply.chunks is not None:
-        return StreamingResponse(
-            reply.chunks,
-            status_code=reply.status,
-            media_type=reply.media_type,
-            headers=_SSE_HEADERS,
-        )
-    return Response(reply.body, status_code=reply.status, media_type=reply.media_type)
+    return to_http_response(reply)

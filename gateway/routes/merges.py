@@ -16,11 +16,20 @@ from fastapi import APIRouter, Request
 from adapters.naming import check_lookup_name
 from gateway.errors import InvalidRequestError
 from gateway.routes.deps import runtime_of
+from gateway.routes.openapi import errors, object_schema, request_body
+from tuner.export import QUANTIZATIONS
 
 router = APIRouter(tags=["merges"])
 
+_MERGE_BODY = request_body(
+    json=object_schema([], quantization={"type": "string", "enum": sorted(QUANTIZATIONS)})
+)
+_MERGE_BODY["requestBody"]["required"] = False  # no body: q8_0
 
-@router.post("/v1/adapters/{adapter_id:path}/merge")
+
+@router.post(
+    "/v1/adapters/{adapter_id:path}/merge", openapi_extra=_MERGE_BODY, responses=errors(409)
+)
 async def merge_adapter(adapter_id: str, request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:

@@ -4,13 +4,17 @@ its place at once (on a real uvicorn server, whose handlers are not cancelled by
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
+import pytest
 import uvicorn
 
 from gateway.app import create_app
 from gateway.engines.base import Lease, Upstream
 from gateway.engines.process import free_port
+from gateway.protocol import ChatCompletionRequest
+from gateway.routes.replies import to_http_response
 from gateway.settings import Settings
 from tests.unit.fakes import FakeUpstream, fake_runtime
 
@@ -77,3 +81,26 @@ async def test_a_client_that_leaves_while_waiting_frees_its_place(tmp_path):
         starting.started.set()  # nothing left waiting, whatever failed
         server.should_exit = True
         await serving
+
+
+async def test_a_stream_whose_client_left_before_it_began_lets_go_of_its_engine(tmp_path):
+    settings = Settings(data_root=tmp_path, engine_max_in_flight=1, engine_max_queue=0)
+    runtime = fake_runtime(settings, FakeUpstream())
+    request = ChatCompletionRequest.model_validate({**CHAT, "stream": True})
+    raw = json.dumps({**CHAT, "stream": True}).encode()
+    reply = await runtime.forwarder.forward("/v1/chat/completions", request, raw)
+
+    async def gone(message: dict) -> None:  # the client closed before the first byte
+        raise OSError("connection reset")
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}
+
+    with pytest.raises(Exception):  # noqa: B017 (Starlette may wrap it; what matters is below)
+        await to_http_response(reply)(
+            {"type": "http", "asgi": {"spec_version": "2.4"}}, receive, gone
+        )
+    # The one place is free again: the next request is admitted, not refused with 429.
+    again = await runtime.forwarder.forward("/v1/chat/completions", request, raw)
+    assert again.chunks is not None
+    assert b"".join([c async for c in again.chunks]).endswith(b"[DONE]\n\n")
