@@ -89,7 +89,7 @@ def fleet(tmp_path_factory, import_dir, trained_adapters) -> Iterator[Fleet]:
         started = time.monotonic()
         first = managed.client(max_retries=0, timeout=STARTUP_TIMEOUT_S)
         reply = first.chat.completions.create(
-            model=BASE, messages=PROMPT, max_tokens=4, temperature=0
+            model=BASE, messages=PROMPT, max_tokens=8, temperature=0
         )
         assert "Paris" in (reply.choices[0].message.content or "")
         assert time.monotonic() - started > 5  # it really waited for a start-up
