@@ -198,3 +198,16 @@ async def test_a_request_that_cannot_reach_its_replica_is_answered_by_another(tm
             )
     finally:
         await engine.stop()
+
+
+async def test_a_request_waits_no_longer_than_the_engine_wait_setting(tmp_path):
+    fakes = FakeReplicas(down={"a.test", "b.test"})
+    engine = make_set(tmp_path, fakes, engine_wait_s=0.3)
+    await engine.start()
+    try:
+        with pytest.raises(EngineUnavailableError) as unavailable:
+            await engine.acquire(ModelEntry("base", "base", "vllm", "vllm/base", None))
+        assert unavailable.value.status_code == 503
+        assert unavailable.value.headers()["Retry-After"] == "5"
+    finally:
+        await engine.stop()
