@@ -76,6 +76,23 @@ class GatewayProcess:
         except OSError:
             return "(no log)"
 
+    def tree(self) -> list[psutil.Process]:
+        """Every process the gateway runs now, its engines' own children included."""
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self, within_s: float = 10) -> list[psutil.Process]:
+        """SIGKILL the gateway; assert that no process of its tree outlives it by
+        ``within_s`` (the killed tree is returned, for checks after a restart)."""
+        tree = self.tree()
+        self.process.kill()
+        self.process.wait()
+        _, alive = psutil.wait_procs(tree, timeout=within_s)
+        assert not alive, f"outlived the killed gateway: {[(p.pid, p.name()) for p in alive]}"
+        return tree
+
     def stop(self, timeout_s: float = 60) -> int:
         self.process.send_signal(signal.SIGTERM)
         try:
