@@ -194,3 +194,28 @@ def test_a_client_that_goes_away_ends_the_generation_in_the_engine(gateway):
     while running() != 0:
         assert time.monotonic() < deadline, "the engine kept generating for a client that left"
         time.sleep(0.2)
+
+
+def test_tools_on_the_embedded_base_name_the_setting_that_enables_them(client):
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=BASE, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[weather]
+        )
+    error = refused.value.body
+    assert refused.value.status_code == 400
+    assert error["param"] == "tools" and error["code"] == "tool_calls_not_enabled"
+    assert "tool_call_parser" in error["message"]
+
+
+def test_models_show_each_replica_of_a_base(client):
+    base = client.models.retrieve(BASE).model_dump()
+    (replica,) = base["replicas"]
+    assert replica["state"] == "ready" and replica["name"] == f"vllm/{BASE}/0"
+    assert {"in_flight", "requests", "adapters"} <= set(replica)
