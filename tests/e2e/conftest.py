@@ -64,15 +64,7 @@ def trained_adapters(gateway: GatewayProcess, import_dir: Path) -> dict[str, str
     trained = train_adapters(
         {name: (DATA / f"{name}_answers.jsonl", import_dir / name) for name in ("json", "ahoy")}
     )
-    ids = {}
-    with gateway.http() as http:
-        for name, folder in trained.items():
-            response = http.post(
-                "/v1/adapters", json={"path": str(folder), "base": BASE, "suffix": name}
-            )
-            assert response.status_code == 201, response.text
-            ids[name] = response.json()["id"]
-    return ids
+    return gateway.register_adapters(trained, BASE)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

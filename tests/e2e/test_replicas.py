@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import openai
 import pytest
@@ -55,18 +54,6 @@ def burst(gateway: GatewayProcess, model: str, count: int = 6) -> list[str]:
     client = gateway.client()
     with ThreadPoolExecutor(count) as pool:
         return list(pool.map(lambda _: ask(client, model, "What do bees make?"), range(count)))
-
-
-def register(gateway: GatewayProcess, trained: dict[str, Path]) -> dict[str, str]:
-    ids = {}
-    with gateway.http() as http:
-        for name, folder in trained.items():
-            answer = http.post(
-                "/v1/adapters", json={"path": str(folder), "base": BASE, "suffix": name}
-            )
-            assert answer.status_code == 201, answer.text
-            ids[name] = answer.json()["id"]
-    return ids
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +94,10 @@ def fleet(tmp_path_factory, import_dir, trained_adapters) -> Iterator[Fleet]:
         yield Fleet(
             managed,
             by_url,
-            {"managed": register(managed, folders), "by_url": register(by_url, folders)},
+            {
+                "managed": managed.register_adapters(folders, BASE),
+                "by_url": by_url.register_adapters(folders, BASE),
+            },
         )
     finally:
         if by_url is not None:

@@ -76,6 +76,19 @@ class GatewayProcess:
         except OSError:
             return "(no log)"
 
+    def register_adapters(self, folders: dict[str, Path], base: str) -> dict[str, str]:
+        """Register each adapter folder (under an import folder) with its name as suffix;
+        returns name -> adapter id."""
+        ids = {}
+        with self.http() as http:
+            for name, folder in folders.items():
+                response = http.post(
+                    "/v1/adapters", json={"path": str(folder), "base": base, "suffix": name}
+                )
+                assert response.status_code == 201, response.text
+                ids[name] = response.json()["id"]
+        return ids
+
     def tree(self) -> list[psutil.Process]:
         """Every process the gateway runs now, its engines' own children included."""
         try:
