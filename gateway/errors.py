@@ -124,9 +124,10 @@ class EngineUnavailableError(ServiceUnavailableError):
 class ReplicaUnreachableError(EngineUnavailableError):
     """One replica could not be reached; the request may go to another."""
 
-    def __init__(self, replica: str, message: str) -> None:
+    def __init__(self, replica: str, message: str, refused: bool = True) -> None:
         super().__init__(message, retry_after_s=5)
         self.replica = replica
+        self.refused = refused  # the connection was refused, not dropped
 
 
 # Status codes an engine may answer with, mapped to the class whose type the

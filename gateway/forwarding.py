@@ -273,7 +273,8 @@ class Forwarder:
                 return await self._send(outgoing, entry, lease.replica)
             except ReplicaUnreachableError as error:
                 ticket.let_go()
-                engine.report_unreachable(error.replica)
+                if error.refused:  # nobody listens there: out of routing at once
+                    engine.report_unreachable(error.replica)
                 tried = tried | {error.replica}
                 if attempt == self._limits.retries:
                     raise
@@ -286,10 +287,13 @@ class Forwarder:
         try:
             return await self._http.send(outgoing, stream=True)
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            # No answer began: the replica refused the connection or dropped it.
+            # No answer began: the replica refused the connection, or dropped it (it died,
+            # or closed a kept-alive connection as it was reused; its health check tells).
             raise ReplicaUnreachableError(
                 replica,
-                f"The {entry.engine} engine serving '{entry.id}' ({replica}) is not reachable.",
+                f"The {entry.engine} engine serving '{entry.id}' ({replica}) is not reachable; "
+                "retry shortly.",
+                refused=isinstance(exc, httpx.ConnectError),
             ) from exc
         except httpx.TimeoutException as exc:
             raise EngineUnavailableError(

@@ -88,7 +88,10 @@ def _new_http_client(settings: Settings) -> httpx.AsyncClient:
         limits=httpx.Limits(
             max_connections=settings.upstream_max_connections,
             max_keepalive_connections=settings.upstream_max_connections,
-            keepalive_expiry=60.0,
+            # Below the engines' own keep-alive timeout (vLLM's and llama.cpp's uvicorn and
+            # llama-server close idle connections after 5 s), so that a connection is not
+            # reused in the instant the engine closes it.
+            keepalive_expiry=4.0,
         ),
         # Engines are local processes (or a URL the user gave): never a proxy from the env.
         trust_env=False,

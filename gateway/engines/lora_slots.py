@@ -107,7 +107,9 @@ class LoraSlots:
             )
         except httpx.HTTPError as exc:
             raise ReplicaUnreachableError(
-                self._replica, f"The replica {self._replica} could not be reached to load '{name}'."
+                self._replica,
+                f"The replica {self._replica} could not be reached to load '{name}'.",
+                refused=isinstance(exc, httpx.ConnectError),
             ) from exc
         # vLLM answers 400 when the name is already loaded (by us, before a
         # gateway restart, or before this replica was out of reach): that is

@@ -265,7 +265,8 @@ class VllmReplicaSet:
                 return lease
             except ReplicaUnreachableError as error:
                 lease.done()
-                replica.take_out(error.message)
+                if error.refused:
+                    replica.take_out(error.message)
             except AdapterLoadError as error:
                 lease.done()
                 failures.append(error)

@@ -91,7 +91,11 @@ async def open_loop(
             body = {"model": adapter, "messages": [{"role": "user", "content": "hi"}]}
             started = time.perf_counter()
             try:
-                response = await client.post(url + "/v1/chat/completions", json=body)
+                try:
+                    response = await client.post(url + "/v1/chat/completions", json=body)
+                except httpx.TransportError:  # a kept-alive connection closed as it was reused:
+                    response = await client.post(url + "/v1/chat/completions", json=body)
+                    # the openai SDK sends again too (max_retries)
             except httpx.HTTPError as error:
                 failures.append(repr(error))
                 return
