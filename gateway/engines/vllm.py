@@ -148,8 +148,13 @@ class VllmReplicaSet:
         self._health_task: asyncio.Task[None] | None = None
         # Health checks get connections of their own: with every pooled connection busy
         # with requests, a check waiting for one would fail and take a healthy replica out.
+        # A new connection each time: a kept-alive one, idle for a check interval, may be
+        # closed by the engine in the very instant it is reused.
         self._health_http = health_http or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=2 * len(self.replicas)), trust_env=False
+            limits=httpx.Limits(
+                max_connections=2 * len(self.replicas), max_keepalive_connections=0
+            ),
+            trust_env=False,
         )
 
     # --- building -------------------------------------------------------------
