@@ -247,7 +247,7 @@ async def fleet(quick: bool) -> list[Row]:
     seconds, warmup = (20, 8) if quick else (60, 15)
     rows = compare("fleet (gateway)", await through_gateway(shape, seconds, warmup), goals=True)
     large = FleetShape(replicas=32, adapters=2000)
-    simulated = {p: simulate(large, p, 10 if quick else 30) for p in POLICIES}
+    simulated = {p: simulate(large, p, 20 if quick else 60, warmup_s=10) for p in POLICIES}
     rows += compare("fleet (32×2000)", simulated, goals=False)
     costs = {p: decision_cost_us(large, p) for p in ("least-loaded", "affinity")}
     rows.append(

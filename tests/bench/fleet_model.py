@@ -28,7 +28,7 @@ class FleetShape:
     adapters: int = 200
     zipf_s: float = 1.1
     max_batch: int = 4
-    step_s: float = 0.2
+    step_s: float = 0.4
     per_adapter: float = 0.25  # each distinct adapter in a step adds this share of step_s
     max_loras: int = 4
     max_cpu_loras: int = 32
@@ -115,8 +115,11 @@ class FleetResult:
         return max(self.per_replica) / (sum(self.per_replica) / len(self.per_replica))
 
 
-def simulate(shape: FleetShape, policy_name: str, seconds: float, seed: int = 1) -> FleetResult:
-    """The fleet in virtual time, with the gateway's own policy choosing each replica."""
+def simulate(
+    shape: FleetShape, policy_name: str, seconds: float, warmup_s: float = 0.0, seed: int = 1
+) -> FleetResult:
+    """The fleet in virtual time, with the gateway's own policy choosing each replica.
+    Requests that arrive in the first ``warmup_s`` run but are not counted."""
     policy = make_policy(policy_name)
     counter = itertools.count()
     events: list[tuple[float, int, Callable[[float], None]]] = []
@@ -146,7 +149,8 @@ def simulate(shape: FleetShape, policy_name: str, seconds: float, seed: int = 1)
     def finish(replica: Replica, batch: list, now: float) -> None:
         replica.engine.busy = False
         for arrived, _ in batch:
-            latencies.append(now - arrived)
+            if arrived >= warmup_s:
+                latencies.append(now - arrived)
             replica.in_flight -= 1
         run_step(replica, now)
 
@@ -170,18 +174,18 @@ def simulate(shape: FleetShape, policy_name: str, seconds: float, seed: int = 1)
         chosen = policy.choose(views, adapter).name
         replica = next(r for r in replicas if r.name == chosen)
         replica.in_flight += 1
-        replica.routed += 1
+        replica.routed += now >= warmup_s
         if adapter in replica.loaded:
             replica.loaded.move_to_end(adapter)
             enqueue(replica, now, adapter, now)
         elif adapter in replica.loading:  # one load serves every request that waits for it
             replica.loading[adapter].append(now)
         else:
-            loads += 1
+            loads += now >= warmup_s
             replica.loading[adapter] = [now]
             at(now + shape.load_s, lambda t: loaded(replica, adapter, t))
 
-    for time, adapter in poisson_arrivals(shape, seconds, seed):
+    for time, adapter in poisson_arrivals(shape, warmup_s + seconds, seed):
         at(time, lambda t, a=adapter: arrive(a, t))
     while events:
         now, _, action = heapq.heappop(events)
