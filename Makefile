@@ -1,6 +1,7 @@
 # tunegate: `make serve` and `make test` do all the set-up, once.
 #
 #   make serve          venv + deps + embedded model (first run only), then the gateway
+#                       (more settings as flags: make serve ARGS='--vllm-replicas 2')
 #   make test           the whole suite, real engines included
 #   make bench          benchmarks (gateway vs direct), prints ratios
 #   make lint           ruff
@@ -12,6 +13,8 @@ PYTHON ?= python3
 VENV ?= .venv
 ENGINE ?= cpu
 DATA_ROOT ?= var
+# Further gateway flags for `make serve`, e.g. ARGS='--vllm-replicas 2 --port 8001'.
+ARGS ?=
 TORCH_VERSION ?= 2.13.0
 # Where torch's CPU build comes from on a user's machine; pip's own config may
 # already point at a local wheel directory, so this is only added when set.
@@ -73,7 +76,7 @@ $(CONVERTER): | $(INSTALLED)
 	rm -rf $(TOOLS)/sdist
 
 serve: setup
-	$(PY) -m gateway --data-root $(DATA_ROOT)
+	$(PY) -m gateway --data-root $(DATA_ROOT) $(ARGS)
 
 # Debian's Chromium, for the /ui browser test.
 browser:
