@@ -152,6 +152,14 @@ class Settings(BaseSettings):
             "its KV cache holds llamacpp_n_ctx tokens for each."
         ),
     )
+    llamacpp_prompt_cache_mib: int = Field(
+        1024,
+        ge=0,
+        description=(
+            "Host memory (MiB) each llama.cpp engine may fill with prompts' KV state, "
+            "so a conversation's next turn reuses it; 0 turns it off."
+        ),
+    )
     llamacpp_threads: int | None = Field(
         None, gt=0, description="Threads per engine (default: all cores)."
     )

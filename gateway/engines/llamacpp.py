@@ -72,6 +72,8 @@ def llamacpp_argv(settings: Settings, model_id: str, gguf: Path, port: int) -> l
         "--parallel",
         str(parallel),
         "--no-kv-unified",
+        "--cache-ram",
+        str(settings.llamacpp_prompt_cache_mib),
         "--threads",
         str(threads),
         "--threads-batch",

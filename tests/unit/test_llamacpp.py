@@ -34,6 +34,7 @@ def test_each_slot_gets_a_whole_context(tmp_path):
     assert _flag(argv, "--ctx-size") == str(1024 * 6)  # llama-server splits -c among slots
     assert _flag(argv, "--parallel") == "6"
     assert "--no-kv-unified" in argv
+    assert _flag(argv, "--cache-ram") == "1024"  # llama-server's own default is 8 GiB
     assert _flag(argv, "--host") == "127.0.0.1" and _flag(argv, "--port") == "4242"
     assert _flag(argv, "--alias") == "m-gguf" and "--metrics" in argv
 
