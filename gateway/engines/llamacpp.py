@@ -43,6 +43,11 @@ DEFAULT_SERVER_BIN = (
 _ENGINE_METRIC_PREFIX = "llamacpp:"
 _GATEWAY_METRIC_PREFIX = "tunegate_llamacpp_"
 _SCRAPE_TIMEOUT_S = 2.0
+# llama-server closes the connection after every streamed answer without saying so
+# (no "Connection: close"). A pooled connection reused before its close is seen fails
+# with "Server disconnected"; asking for the close up front keeps none in the pool.
+# A new connection on 127.0.0.1 costs a fraction of a millisecond.
+_REQUEST_HEADERS = {"Connection": "close"}
 _MISSING_SERVER_LOG = (
     "llama-server not found at %s: GGUF models cannot be served. Build it with `make setup` "
     "(needs a C/C++ compiler and cmake), set llamacpp_server_bin, or set llamacpp_enabled=false."
@@ -127,7 +132,7 @@ class LlamaCppEngine:
                     "retry shortly.",
                     retry_after_s=process.retry_after_s(),
                 )
-        return Upstream(process.spec.base_url)
+        return Upstream(process.spec.base_url, dict(_REQUEST_HEADERS))
 
     async def release(self, entry: ModelEntry) -> None:
         process = self._processes.pop(entry.id, None)

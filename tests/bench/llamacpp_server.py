@@ -29,6 +29,9 @@ from tests.support.adapter_factory import write_adapter
 
 CONCURRENCY = (1, 4, 8)
 ANSWER_TOKENS = 96
+# llama-server closes the connection after each stream, unannounced: asking for it, as the
+# gateway does, keeps the load from reusing a connection that is being closed.
+CLOSE = {"Connection": "close"}
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -85,7 +88,7 @@ async def _merged_decode(gateway, adapter_folder: Path, rounds: int) -> list[Row
         through, server = [], []
         for _ in range(rounds):
             through.append(await stream_once(client, chat, {}, long))
-            server.append(await stream_once(client, engine_url + CHAT_PATH, {}, long))
+            server.append(await stream_once(client, engine_url + CHAT_PATH, CLOSE, long))
     # The gateway's engines idle now; the same file, loaded in this process.
     in_process = await asyncio.to_thread(_in_process_decode_tokens_per_s, gguf, 128, rounds)
     gateway_rate = statistics.median(s.tokens_per_s for s in through)
@@ -131,10 +134,14 @@ async def _concurrency_table(
 ) -> list[Row]:
     """Aggregate tokens/s of ``c`` clients streaming back to back, direct then gateway."""
     body = _body(model)
+    direct_headers = CLOSE if family == "llama.cpp" else None
     measured: dict[int, tuple[float, float]] = {}
     for concurrency in CONCURRENCY:
+        direct_url = engine_url + CHAT_PATH
         measured[concurrency] = (
-            await _aggregate_tokens_per_s(engine_url + CHAT_PATH, body, concurrency, duration_s),
+            await _aggregate_tokens_per_s(
+                direct_url, body, concurrency, duration_s, direct_headers
+            ),
             await _aggregate_tokens_per_s(
                 gateway_url + "/chat/completions", body, concurrency, duration_s
             ),
@@ -168,27 +175,28 @@ async def _concurrency_table(
 
 
 async def _aggregate_tokens_per_s(
-    url: str, body: dict, concurrency: int, duration_s: float
+    url: str, body: dict, concurrency: int, duration_s: float, headers: dict | None = None
 ) -> float:
     tokens = 0
     async with new_client(concurrency) as client:
-        await _stream_tokens(client, url, {**body, "max_tokens": 1})  # warm the connection
+        await _stream_tokens(client, url, {**body, "max_tokens": 1}, headers)  # warm up
         started = time.perf_counter()
         stop_at = started + duration_s
 
         async def worker() -> None:
             nonlocal tokens
             while time.perf_counter() < stop_at:
-                tokens += await _stream_tokens(client, url, body)
+                tokens += await _stream_tokens(client, url, body, headers)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return tokens / (time.perf_counter() - started)
 
 
-async def _stream_tokens(client, url: str, body: dict) -> int:
+async def _stream_tokens(client, url: str, body: dict, headers: dict | None) -> int:
     """Streams one answer; its completion tokens, from the usage chunk at the end."""
     last = ""
-    async with client.stream("POST", url, json={**body, "stream": True}) as response:
+    stream = client.stream("POST", url, json={**body, "stream": True}, headers=headers)
+    async with stream as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
@@ -220,8 +228,10 @@ def _without_extra_buffer_types() -> Iterator[None]:
 def _in_process_decode_tokens_per_s(gguf: Path, max_tokens: int, rounds: int) -> float:
     from llama_cpp import Llama
 
+    # The threads the gateway gives its engines (TUNEGATE_LLAMACPP_THREADS reaches both).
+    threads = int(os.environ.get("TUNEGATE_LLAMACPP_THREADS") or os.cpu_count() or 1)
     with _without_extra_buffer_types():
-        model = Llama(model_path=str(gguf), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
+        model = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, verbose=False)
     rates = []
     for _ in range(rounds):
         first = last = 0.0

@@ -189,8 +189,11 @@ async def real_engines(rounds: int) -> list[Row]:
         engines = {e["engine"]: e["url"] for e in gateway.engines()}
         models = {"vllm": EMBEDDED_MODEL_ID, "llama.cpp": f"{EMBEDDED_MODEL_ID}-gguf"}
         for family, model in models.items():
+            # llama-server closes the connection after each stream without saying so;
+            # asking for the close (as the gateway does) keeps the load from reusing it.
+            direct_headers = {"Connection": "close"} if family == "llama.cpp" else {}
             targets = {
-                "direct": (engines[family] + CHAT_PATH, {}),
+                "direct": (engines[family] + CHAT_PATH, direct_headers),
                 "gateway": (gateway.api_url + "/chat/completions", {}),
             }
             short = {"model": model, "messages": PROMPT, "max_tokens": 4, "temperature": 0}
