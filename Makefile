@@ -24,13 +24,23 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 INSTALLED := $(VENV)/.installed-$(ENGINE)
 MODEL := $(DATA_ROOT)/models/smollm2-135m-instruct/config.json
-# llama.cpp's GGUF converter, from the sdist of the installed llama-cpp-python.
+# llama.cpp's sources, as vendored in the sdist of the installed llama-cpp-python:
+# the GGUF converter and llama-server come from the same llama.cpp as the library.
 TOOLS := $(VENV)/share/tunegate
-CONVERTER := $(TOOLS)/llama.cpp/convert_hf_to_gguf.py
+LLAMACPP := $(TOOLS)/llama.cpp
+LLAMACPP_SOURCES := $(LLAMACPP)/CMakeLists.txt
+CONVERTER := $(LLAMACPP)/convert_hf_to_gguf.py
+LLAMA_SERVER := $(LLAMACPP)/build/bin/llama-server
+
+# llama.cpp is compiled twice at set-up (the llama-cpp-python wheel, llama-server):
+# without a compiler and cmake, say so at once in one line.
+CHECK_TOOLCHAIN = command -v cmake >/dev/null && command -v "$${CXX:-c++}" >/dev/null && \
+	command -v "$${CC:-cc}" >/dev/null || { echo ">> set-up needs a C/C++ compiler and cmake" \
+	"to build llama.cpp, and one is missing (Debian/Ubuntu: apt-get install g++ cmake)"; exit 1; }
 
 .PHONY: setup browser serve test test-unit test-e2e bench lint clean
 
-setup: $(INSTALLED) $(MODEL) $(CONVERTER)
+setup: $(INSTALLED) $(MODEL) $(CONVERTER) $(LLAMA_SERVER)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +48,7 @@ $(PY):
 
 # Installs only when the venv is new or pyproject.toml changed.
 $(INSTALLED): pyproject.toml | $(PY)
+	@$(CHECK_TOOLCHAIN)
 	@echo ">> installing tunegate and its engines into $(VENV) (first run: several minutes;"
 	@echo "   llama.cpp is compiled from source, about 8 min on 2 cores)"
 ifeq ($(ENGINE),cpu)
@@ -63,17 +74,39 @@ $(MODEL): | $(INSTALLED)
 	$(PY) -m tuner.prepare_base --gguf "$$($(PY) -c 'from gateway.base_models import embedded_gguf_path as p; print(p())')" \
 		--out $(DATA_ROOT)/models/smollm2-135m-instruct
 
-# The converter that matches the compiled llama.cpp: same llama-cpp-python version.
-$(CONVERTER): | $(INSTALLED)
-	@echo ">> fetching llama.cpp's GGUF converter (once)"
+# llama.cpp's sources from the sdist of the installed llama-cpp-python (not its
+# test models and docs), once.
+$(LLAMACPP_SOURCES): | $(INSTALLED)
+	@echo ">> fetching llama.cpp's sources from the llama-cpp-python sdist (once)"
 	rm -rf $(TOOLS)/sdist && mkdir -p $(TOOLS)/sdist
 	$(PIP) download --quiet --no-binary :all: --no-deps -d $(TOOLS)/sdist \
 		"llama-cpp-python==$$($(PY) -c 'import llama_cpp; print(llama_cpp.__version__)')"
 	tar -xzf $(TOOLS)/sdist/llama_cpp_python-*.tar.gz -C $(TOOLS)/sdist --wildcards \
-		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion/*' \
-		'*/vendor/llama.cpp/gguf-py/*'
-	rm -rf $(TOOLS)/llama.cpp && mv $(TOOLS)/sdist/llama_cpp_python-*/vendor/llama.cpp $(TOOLS)/llama.cpp
+		--exclude='*/vendor/llama.cpp/models' --exclude='*/vendor/llama.cpp/docs' \
+		--exclude='*/vendor/llama.cpp/media' '*/vendor/llama.cpp/*'
+	rm -rf $(LLAMACPP) && mv $(TOOLS)/sdist/llama_cpp_python-*/vendor/llama.cpp $(LLAMACPP)
 	rm -rf $(TOOLS)/sdist
+
+# The converter that matches the compiled llama.cpp comes with the sources.
+$(CONVERTER): | $(LLAMACPP_SOURCES)
+	@test -f $@
+
+# llama.cpp's own server, which serves GGUF models, for this machine's CPU but without
+# ggml's AMX kernels: on some Sapphire Rapids machines they crash in the first matrix
+# product (llama.cpp issue 20824). The build time is kept for `make bench`.
+LLAMA_SERVER_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+$(LLAMA_SERVER): | $(LLAMACPP_SOURCES)
+	@$(CHECK_TOOLCHAIN)
+	@echo ">> building llama.cpp's llama-server (once, about 4 min on 2 cores; log: $(LLAMACPP)/build.log)"
+	@rm -rf $(LLAMACPP)/build && started=$$(date +%s) && \
+	{ cmake -S $(LLAMACPP) -B $(LLAMACPP)/build -DCMAKE_BUILD_TYPE=Release \
+		-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+		-DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF \
+		-DCMAKE_C_FLAGS="$(LLAMA_SERVER_CFLAGS)" -DCMAKE_CXX_FLAGS="$(LLAMA_SERVER_CFLAGS)" && \
+	  cmake --build $(LLAMACPP)/build --target llama-server -j$$(nproc); } \
+		> $(LLAMACPP)/build.log 2>&1 || { tail -n 30 $(LLAMACPP)/build.log; \
+		echo ">> building llama-server failed; see $(LLAMACPP)/build.log"; exit 1; } ; \
+	echo $$(( $$(date +%s) - started )) > $(LLAMACPP)/build/build-seconds
 
 serve: setup
 	$(PY) -m gateway --data-root $(DATA_ROOT) $(ARGS)

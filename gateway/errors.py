@@ -142,6 +142,7 @@ _UPSTREAM_STATUS_TABLE: dict[int, type[TunegateError]] = {
     413: PayloadTooLargeError,
     422: InvalidRequestError,
     429: RateLimitError,
+    501: InvalidRequestError,  # llama-server: a feature this model or engine lacks
     503: EngineUnavailableError,
 }
 
@@ -152,11 +153,27 @@ def error_body(
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
+def _context_overflow(error: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    n_ctx, n_prompt = error.get("n_ctx"), error.get("n_prompt_tokens")
+    if isinstance(n_ctx, int) and isinstance(n_prompt, int):
+        told = f"This model's maximum context length is {n_ctx} tokens, but the request has "
+        told += f"{n_prompt} tokens."
+    else:
+        told = "The request does not fit in this model's context."
+    return f"{told} Shorten the messages or the prompt.", None, "context_length_exceeded"
+
+
+# Engine error types that get OpenAI's code and a message of their own (llama-server's
+# "exceed_context_size_error" says "try increasing it", which only an operator can do).
+_UPSTREAM_ERROR_TYPES = {"exceed_context_size_error": _context_overflow}
+
+
 def error_from_upstream(status: int, body: bytes) -> TunegateError:
     """Turn an engine's error answer into the gateway's error, keeping its message.
 
-    vLLM already answers in the OpenAI shape; llama.cpp's server answers
-    FastAPI's ``{"detail": ...}``. Both end up as one shape.
+    vLLM and llama-server answer ``{"error": {...}}`` (with the HTTP status as
+    the code); FastAPI-based servers answer ``{"detail": ...}``. All end up as
+    one shape.
     """
     error_cls = _UPSTREAM_STATUS_TABLE.get(status, TunegateError)
     message, param, code = _upstream_fields(body)
@@ -174,6 +191,9 @@ def _upstream_fields(body: bytes) -> tuple[str, str | None, str | None]:
         return (text[:500] or "The engine rejected the request."), None, None
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
         err = payload["error"]
+        special = _UPSTREAM_ERROR_TYPES.get(str(err.get("type")))
+        if special is not None:
+            return special(err)
         param = err.get("param")
         code = err.get("code")
         # vLLM repeats the HTTP status as the code; OpenAI's codes are words.

@@ -121,22 +121,11 @@ def unchanged(entry: ModelEntry, request: RoutedRequest, raw: bytes) -> bytes:
     return raw
 
 
-def for_llamacpp(entry: ModelEntry, request: RoutedRequest, raw: bytes) -> bytes:
-    """llama-cpp-python's server reads ``max_tokens`` only; newer SDK code sends
-    ``max_completion_tokens``. Rewrite the body only when that translation is needed."""
-    if (
-        getattr(request, "max_completion_tokens", None) is None
-        or getattr(request, "max_tokens", None) is not None
-    ):
-        return raw
-    payload = json.loads(raw)
-    payload["max_tokens"] = payload.pop("max_completion_tokens")
-    return json.dumps(payload).encode()
-
-
+# vLLM and llama-server both read OpenAI's fields (max_completion_tokens included)
+# as sent; an engine that needs a field translated gets a row of its own.
 BODY_ADAPTERS: dict[str, BodyAdapter] = {
     "vllm": unchanged,
-    "llama.cpp": for_llamacpp,
+    "llama.cpp": unchanged,
 }
 
 

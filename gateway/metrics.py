@@ -1,11 +1,19 @@
-"""Prometheus metrics of one gateway, in a registry of its own (no global state)."""
+"""Prometheus metrics of one gateway, in a registry of its own (no global state).
+
+Engines bound to 127.0.0.1 cannot be scraped from outside, so the gateway
+re-exposes what they report (llama-server's ``llamacpp:*``) on its own
+``/metrics``, renamed under ``tunegate_`` and labelled with the model.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from gateway.engines.base import EngineState, EngineStatus
 
@@ -78,6 +86,8 @@ class GatewayMetrics:
             ("engine", "state"),
             registry=self.registry,
         )
+        self._engine_families = _EngineFamilies()
+        self.registry.register(self._engine_families)
 
     def observe_engines(self, statuses: Iterable[EngineStatus]) -> None:
         """The engines' and replicas' state, read when /metrics or /ready is asked."""
@@ -93,5 +103,45 @@ class GatewayMetrics:
                     1 if status.state is state else 0
                 )
 
+    def set_engine_families(self, families: list[Metric]) -> None:
+        """What the engines reported at the last scrape, shown until the next one."""
+        self._engine_families.families = families
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EngineFamilies(Collector):
+    def __init__(self) -> None:
+        self.families: list[Metric] = []
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # names vary with the engines running; none is reserved
+
+
+def relabelled_families(
+    expositions: Iterable[tuple[str, dict[str, str]]], prefix: str, new_prefix: str
+) -> list[Metric]:
+    """Parse Prometheus texts, keep the families named ``prefix*``, rename them to
+    ``new_prefix*`` and add each text's labels to its samples. Families of the same
+    name from several texts become one family (one HELP/TYPE line each)."""
+    merged: dict[str, Metric] = {}
+    for text, labels in expositions:
+        for family in text_string_to_metric_families(text):
+            if not family.name.startswith(prefix):
+                continue
+            name = new_prefix + family.name[len(prefix) :]
+            target = merged.get(name)
+            if target is None:
+                target = merged[name] = Metric(name, family.documentation, family.type)
+            for sample in family.samples:
+                target.add_sample(
+                    new_prefix + sample.name[len(prefix) :],
+                    {**sample.labels, **labels},
+                    sample.value,
+                    sample.timestamp,
+                )
+    return list(merged.values())

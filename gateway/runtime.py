@@ -74,6 +74,18 @@ class GatewayRuntime:
             return [s.replica_view() for s in statuses if entry.id in s.adapters]
         return [s.replica_view() for s in statuses if entry.id in s.models]
 
+    async def refresh_engine_metrics(self) -> None:
+        """Read what the engines report about themselves (llama-server's metrics) into
+        the gateway's /metrics: engines listen on 127.0.0.1 only, out of a scraper's reach."""
+        reports = await asyncio.gather(
+            *(
+                engine.metric_families()  # type: ignore[attr-defined]
+                for engine in self.engines.values()
+                if hasattr(engine, "metric_families")
+            )
+        )
+        self.metrics.set_engine_families([family for report in reports for family in report])
+
     async def close(self) -> None:
         await self.fine_tuning.stop()
         await self.merges.stop()

@@ -190,9 +190,38 @@ class Settings(BaseSettings):
         gt=0,
         description="llama.cpp engine processes kept running; the least recently used stops.",
     )
-    llamacpp_n_ctx: int = Field(2048, gt=0, description="Context length of each llama.cpp engine.")
+    llamacpp_n_ctx: int = Field(
+        2048, gt=0, description="Context length of one request on llama.cpp, prompt included."
+    )
+    llamacpp_parallel: int = Field(
+        8,
+        gt=0,
+        description=(
+            "Requests one llama.cpp engine decodes at once (slots, batched together); "
+            "its KV cache holds llamacpp_n_ctx tokens for each."
+        ),
+    )
+    llamacpp_prompt_cache_mib: int = Field(
+        1024,
+        ge=0,
+        description=(
+            "Host memory (MiB) each llama.cpp engine may fill with prompts' KV state, "
+            "so a conversation's next turn reuses it; 0 turns it off."
+        ),
+    )
     llamacpp_threads: int | None = Field(
         None, gt=0, description="Threads per engine (default: all cores)."
+    )
+    llamacpp_server_bin: Path | None = Field(
+        None,
+        description=(
+            "The llama-server binary (default: the one `make setup` builds, "
+            "<venv>/share/tunegate/llama.cpp/build/bin/llama-server)."
+        ),
+    )
+    llamacpp_extra_args: list[str] = Field(
+        default_factory=list,
+        description="Further llama-server flags, as a JSON list of strings.",
     )
     llamacpp_startup_timeout_s: float = Field(
         120.0, gt=0, description="Seconds a llama.cpp engine may take to become healthy."

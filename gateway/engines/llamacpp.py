@@ -1,52 +1,92 @@
-"""llama.cpp: one llama-cpp-python server process per GGUF model, started on demand.
+"""llama.cpp: one ``llama-server`` process per GGUF model, started on demand.
+
+``llama-server`` is llama.cpp's own server, built by ``make setup`` from the
+llama.cpp sources vendored in the pinned llama-cpp-python, so the server, the
+GGUF converter and the quantiser are one llama.cpp version. Each process
+decodes up to ``llamacpp_parallel`` requests at once (slots, batched
+together); its KV cache is sized so that every slot keeps a whole
+``llamacpp_n_ctx`` context.
 
 Processes start on the first request for their model (a GGUF loads in well
-under a second, the Python start-up dominates) and the least recently used
-one stops once more than ``llamacpp_max_running`` run. Each is bound to
-127.0.0.1 on a port of its own.
+under a second) and the least recently used one stops once more than
+``llamacpp_max_running`` run. Each is bound to 127.0.0.1 on a port of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from collections import OrderedDict
 from pathlib import Path
 
 import httpx
+from prometheus_client.metrics_core import Metric
 
 from gateway.catalog import ModelEntry
 from gateway.engines.base import EngineState, EngineStatus, Lease, Upstream
 from gateway.engines.process import Backoff, ProcessSpec, SupervisedProcess, free_port
-from gateway.errors import EngineUnavailableError
+from gateway.errors import EngineUnavailableError, TunegateError
+from gateway.metrics import relabelled_families
 from gateway.process_guard import ProcessGuard
 from gateway.settings import Settings
 
+log = logging.getLogger(__name__)
+
 FAMILY = "llama.cpp"
-_EXPECTED_STARTUP_S = 5.0
+_EXPECTED_STARTUP_S = 2.0
+# Where ``make setup`` builds llama-server: under the venv, next to the converter.
+DEFAULT_SERVER_BIN = (
+    Path(sys.prefix) / "share" / "tunegate" / "llama.cpp" / "build" / "bin" / "llama-server"
+)
+# llama-server's metric names start with "llamacpp:"; the gateway re-exposes them as its own.
+_ENGINE_METRIC_PREFIX = "llamacpp:"
+_GATEWAY_METRIC_PREFIX = "tunegate_llamacpp_"
+_SCRAPE_TIMEOUT_S = 2.0
+# llama-server closes the connection after every streamed answer without saying so
+# (no "Connection: close"). A pooled connection reused before its close is seen fails
+# with "Server disconnected"; asking for the close up front keeps none in the pool.
+# A new connection on 127.0.0.1 costs a fraction of a millisecond.
+_REQUEST_HEADERS = {"Connection": "close"}
+_MISSING_SERVER_LOG = (
+    "llama-server not found at %s: GGUF models cannot be served. Build it with `make setup` "
+    "(needs a C/C++ compiler and cmake), set llamacpp_server_bin, or set llamacpp_enabled=false."
+)
+
+
+def server_bin(settings: Settings) -> Path:
+    return settings.llamacpp_server_bin or DEFAULT_SERVER_BIN
 
 
 def llamacpp_argv(settings: Settings, model_id: str, gguf: Path, port: int) -> list[str]:
     threads = settings.llamacpp_threads or os.cpu_count() or 1
+    parallel = settings.llamacpp_parallel
     return [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
+        str(server_bin(settings)),
         "--model",
         str(gguf),
-        "--model_alias",
+        "--alias",
         model_id,
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
-        "--n_ctx",
-        str(settings.llamacpp_n_ctx),
-        "--n_threads",
+        # -c is the KV cache of all slots together; each slot gets -c / --parallel.
+        "--ctx-size",
+        str(settings.llamacpp_n_ctx * parallel),
+        "--parallel",
+        str(parallel),
+        "--no-kv-unified",
+        "--cache-ram",
+        str(settings.llamacpp_prompt_cache_mib),
+        "--threads",
         str(threads),
-        "--n_threads_batch",
+        "--threads-batch",
         str(threads),
+        "--metrics",
+        "--no-webui",
+        *settings.llamacpp_extra_args,
     ]
 
 
@@ -69,6 +109,10 @@ class LlamaCppEngine:
         self._eager.append(entry)
 
     async def start(self) -> None:
+        if not server_bin(self._settings).is_file():
+            # Serve the other engines; GGUF models answer 500 with the reason.
+            log.error(_MISSING_SERVER_LOG, server_bin(self._settings))
+            return
         for entry in self._eager[: self._settings.llamacpp_max_running]:
             await self._ensure_process(entry)
 
@@ -88,7 +132,7 @@ class LlamaCppEngine:
                     "retry shortly.",
                     retry_after_s=process.retry_after_s(),
                 )
-        return Lease(process.spec.name, Upstream(process.spec.base_url))
+        return Lease(process.spec.name, Upstream(process.spec.base_url, dict(_REQUEST_HEADERS)))
 
     def report_unreachable(self, replica: str) -> None:
         """One process per model: its supervisor sees it die and restarts it."""
@@ -117,6 +161,27 @@ class LlamaCppEngine:
             for model_id, p in self._processes.items()
         ]
 
+    async def metric_families(self) -> list[Metric]:
+        """The metrics of every running llama-server, each sample labelled with its model."""
+        running = [(i, p) for i, p in self._processes.items() if p.ready()]
+        texts = await asyncio.gather(*(self._scrape(p) for _, p in running))
+        reports = [
+            (text, {"model": model_id})
+            for (model_id, _), text in zip(running, texts, strict=True)
+            if text
+        ]
+        return relabelled_families(reports, _ENGINE_METRIC_PREFIX, _GATEWAY_METRIC_PREFIX)
+
+    async def _scrape(self, process: SupervisedProcess) -> str:
+        try:
+            response = await self._http.get(
+                process.spec.base_url + "/metrics", timeout=_SCRAPE_TIMEOUT_S
+            )
+        except httpx.HTTPError as exc:
+            log.debug("%s: metrics not read: %s", process.spec.name, exc)
+            return ""
+        return response.text if response.status_code == 200 else ""
+
     def state_of(self, model_id: str) -> EngineState:
         process = self._processes.get(model_id)
         return process.state if process else EngineState.STOPPED
@@ -139,14 +204,19 @@ class LlamaCppEngine:
     def _new_process(self, entry: ModelEntry) -> SupervisedProcess:
         if entry.weights is None:
             raise EngineUnavailableError(f"The model '{entry.id}' has no GGUF file.")
-        port = free_port()
         settings = self._settings
+        if not server_bin(settings).is_file():
+            log.error(_MISSING_SERVER_LOG, server_bin(settings))
+            raise TunegateError(
+                "The llama.cpp engine is not installed on this gateway (llama-server is missing)."
+            )
+        port = free_port()
         spec = ProcessSpec(
             name=f"{FAMILY}/{entry.id}",
             argv=llamacpp_argv(settings, entry.id, entry.weights, port),
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
             port=port,
-            health_path="/v1/models",
+            health_path="/health",  # 503 while the model loads, 200 once it answers
             startup_timeout_s=settings.llamacpp_startup_timeout_s,
             log_path=settings.data_root / "logs" / f"llamacpp-{entry.id}.log",
             expected_startup_s=_EXPECTED_STARTUP_S,

@@ -60,4 +60,5 @@ async def ready(request: Request) -> JSONResponse:
 async def metrics(request: Request) -> Response:
     runtime = runtime_of(request)
     await runtime.refresh_readiness()
+    await runtime.refresh_engine_metrics()
     return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)

@@ -1,6 +1,6 @@
 """``make bench``: every benchmark, one table, one JSON file.
 
-python -m tests.bench [--suite overhead|engines|all] [--quick] [--out FILE]
+python -m tests.bench [--suite overhead|engines|adapters|tuner|llamacpp|all] [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -15,17 +15,18 @@ import time
 from pathlib import Path
 
 from tests.bench.fleet import fleet
-from tests.bench.suites import Row, adapters, gateway_overhead, merged, real_engines, tuner
+from tests.bench.llamacpp_server import llamacpp_server
+from tests.bench.suites import Row, adapters, gateway_overhead, real_engines, tuner
 
 
 def render(rows: list[Row]) -> str:
-    columns = f"{'suite':<17} {'metric':<24} {'baseline':>10} {'measured':>10} {'ratio':>7}"
+    columns = f"{'suite':<21} {'metric':<27} {'baseline':>10} {'measured':>10} {'ratio':>7}"
     header = f"{columns}  {'goal':<28} met"
     lines = [header, "-" * len(header)]
     for row in rows:
         met = "" if row.met is None else ("yes" if row.met else "NO")
         lines.append(
-            f"{row.suite:<17} {row.metric:<24} {row.direct:>10.2f} {row.gateway:>10.2f} "
+            f"{row.suite:<21} {row.metric:<27} {row.direct:>10.2f} {row.gateway:>10.2f} "
             f"{row.ratio:>6.3f}×  {row.goal:<28} {met}"
         )
     return "\n".join(lines)
@@ -62,8 +63,8 @@ async def run(suite: str, quick: bool) -> list[Row]:
         rows += await adapters(rounds=9 if quick else 18, duration_s=8 if quick else 20)
     if suite in ("tuner", "all"):
         rows += await tuner(quick)
-    if suite in ("merged", "all"):
-        rows += await merged(rounds=3 if quick else 5)
+    if suite in ("llamacpp", "all"):
+        rows += await llamacpp_server(quick)
     if suite in ("fleet", "all"):
         rows += await fleet(quick)
     return rows
@@ -73,7 +74,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument(
         "--suite",
-        choices=("overhead", "engines", "adapters", "tuner", "merged", "fleet", "all"),
+        choices=("overhead", "engines", "adapters", "tuner", "llamacpp", "fleet", "all"),
         default="all",
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -190,8 +189,11 @@ async def real_engines(rounds: int) -> list[Row]:
         engines = {e["engine"]: e["url"] for e in gateway.engines()}
         models = {"vllm": EMBEDDED_MODEL_ID, "llama.cpp": f"{EMBEDDED_MODEL_ID}-gguf"}
         for family, model in models.items():
+            # llama-server closes the connection after each stream without saying so;
+            # asking for the close (as the gateway does) keeps the load from reusing it.
+            direct_headers = {"Connection": "close"} if family == "llama.cpp" else {}
             targets = {
-                "direct": (engines[family] + CHAT_PATH, {}),
+                "direct": (engines[family] + CHAT_PATH, direct_headers),
                 "gateway": (gateway.api_url + "/chat/completions", {}),
             }
             short = {"model": model, "messages": PROMPT, "max_tokens": 4, "temperature": 0}
@@ -426,120 +428,3 @@ async def _python(*args: str) -> str:
 
 def _last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
-
-
-def _memory_bandwidth_gb_s() -> float:
-    """Bytes read and written per second by a large array copy: the roofline's ceiling."""
-    import numpy as np
-
-    source = np.ones(64 * 2**20, dtype=np.float64)  # 512 MiB
-    target = np.empty_like(source)
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        np.copyto(target, source)
-        best = min(best, time.perf_counter() - started)
-    return 2 * source.nbytes / best / 1e9
-
-
-def _direct_decode_tokens_per_s(
-    gguf: Path, messages: list[dict], max_tokens: int, rounds: int
-) -> float:
-    from llama_cpp import Llama
-
-    model = Llama(model_path=str(gguf), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
-    rates = []
-    for _ in range(rounds):
-        first = last = 0.0
-        tokens = 0
-        for chunk in model.create_chat_completion(
-            messages=messages, max_tokens=max_tokens, temperature=0, stream=True
-        ):
-            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                now = time.perf_counter()
-                first = first or now
-                last = now
-                tokens += 1
-        rates.append((tokens - 1) / (last - first))
-    del model
-    return statistics.median(rates)
-
-
-async def merged(rounds: int) -> list[Row]:
-    """A merged GGUF on llama.cpp: decode through the gateway vs llama-cpp-python in process."""
-    with tempfile.TemporaryDirectory(prefix="tunegate-bench-merged-") as imports:
-        folder = write_adapter(
-            Path(imports) / "a",
-            rank=8,
-            base_config=BASE_CONFIG,
-            seed=1,
-            modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        )
-        with running_gateway("--adapter-import-dirs", json.dumps([imports])) as gateway:
-            adapter = _register(gateway, folder, "benchmerge")
-            with gateway.http() as http:
-                started = time.perf_counter()
-                state = http.post(
-                    f"/v1/adapters/{adapter}/merge", json={"quantization": "q8_0"}
-                ).json()
-                while state["status"] in ("queued", "running"):
-                    await asyncio.sleep(0.5)
-                    state = http.get(f"/v1/merges/{state['id']}").json()
-                assert state["status"] == "succeeded", state
-                merge_s = time.perf_counter() - started
-            gguf = gateway.data_root / "merged" / f"{state['model']}.gguf"
-            chat = gateway.api_url + "/chat/completions"
-            long = {"model": state["model"], "messages": STORY, "max_tokens": 128, "temperature": 0}
-            async with new_client(2) as client:
-                first = await stream_once(client, chat, {}, long)
-                engine_url = gateway.engine_serving(state["model"])["url"]
-                through, server = [], []
-                for _ in range(rounds):
-                    through.append(await stream_once(client, chat, {}, long))
-                    server.append(await stream_once(client, engine_url + CHAT_PATH, {}, long))
-            # The gateway's engine idles now; the same file, loaded in this process.
-            direct_rate = await asyncio.to_thread(
-                _direct_decode_tokens_per_s, gguf, STORY, 128, rounds
-            )
-            gguf_bytes = gguf.stat().st_size
-    gateway_rate = statistics.median(s.tokens_per_s for s in through)
-    server_rate = statistics.median(s.tokens_per_s for s in server)
-    bandwidth = _memory_bandwidth_gb_s()
-    roofline = gguf_bytes * gateway_rate / (bandwidth * 1e9)
-    return [
-        Row(
-            "merged gguf",
-            "decode tokens/s",
-            direct_rate,
-            gateway_rate,
-            "tok/s",
-            "≥ 0.95× llama-cpp-python",
-            gateway_rate / direct_rate >= 0.95,
-        ),
-        Row(
-            "merged gguf",
-            "decode tok/s, engine server",
-            direct_rate,
-            server_rate,
-            "tok/s",
-            "llama_cpp.server's own cost",
-        ),
-        Row(
-            "merged gguf",
-            "decode tok/s, gateway",
-            server_rate,
-            gateway_rate,
-            "tok/s",
-            "≥ 0.98× engine server",
-            gateway_rate / server_rate >= 0.98,
-        ),
-        Row(
-            "merged gguf",
-            "roofline fraction",
-            1.0,
-            roofline,
-            "×",
-            f"{gguf_bytes / 1e6:.0f} MB at {bandwidth:.1f} GB/s",
-        ),
-        Row("merged gguf", "merge, then first token", merge_s, merge_s + first.ttft_ms / 1000, "s"),
-    ]

@@ -7,6 +7,7 @@ import os
 import resource
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -125,6 +126,50 @@ def test_parity_between_peft_vllm_and_llamacpp(client, gateway, trained_adapters
         assert answers["vllm"].strip() == peft_text.strip(), answers
         assert answers["f16"].strip() == peft_text.strip(), answers
         assert is_json_style(answers["q8_0"]), answers
+
+
+def _decode_calls(gateway, model: str) -> float:
+    """llama-server's count of decode steps for ``model``, from the gateway's /metrics."""
+    name = f'tunegate_llamacpp_n_decode_total{{model="{model}"}}'
+    with gateway.http() as http:
+        lines = http.get("/metrics").text.splitlines()
+    return float(next(line for line in lines if line.startswith(name)).split()[-1])
+
+
+def test_eight_concurrent_streams_on_a_merged_model_match_their_solo_answers(
+    client, gateway, merged_json
+):
+    model = merged_json["q8_0"]
+    prompts = [
+        json.loads(line)["messages"][:1]
+        for line in (DATA / "json_answers.jsonl").read_text().splitlines()[:8]
+    ]
+
+    def streamed(prompt: list[dict]) -> tuple[str, int]:
+        stream = client.chat.completions.create(
+            model=model,
+            messages=prompt,
+            max_tokens=32,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return text, chunks[-1].usage.completion_tokens
+
+    alone = [streamed(prompt) for prompt in prompts]
+    decodes_before = _decode_calls(gateway, model)
+    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+        together = list(pool.map(streamed, prompts))
+    decodes = _decode_calls(gateway, model) - decodes_before
+
+    assert [text for text, _ in together] == [text for text, _ in alone]
+    assert all(is_json_style(text) for text, _ in alone), alone
+    # One at a time would take a decode step per token at least; in parallel slots the
+    # eight answers share their steps.
+    tokens = sum(count for _, count in together)
+    assert decodes < tokens / 2, (decodes, tokens)
 
 
 def test_kill_9_of_a_merged_models_engine(client, gateway, merged_json):

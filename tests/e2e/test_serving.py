@@ -49,8 +49,9 @@ def test_chat_streaming(client, model):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "paris" in text.lower()
     assert len(chunks) > 2
-    if model == BASE:  # vLLM honours include_usage with a final usage chunk
-        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    # include_usage: a last chunk with no choices carries the usage, on both engines.
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
 @BOTH_ENGINES
@@ -76,6 +77,17 @@ def test_max_completion_tokens_is_honoured_on_llamacpp(client):
         max_completion_tokens=4,
     )
     assert reply.usage.completion_tokens <= 4
+
+
+def test_a_prompt_longer_than_the_context_is_a_bad_request_that_says_so(client):
+    long_prompt = [{"role": "user", "content": "word " * 3000}]  # llamacpp_n_ctx is 2048
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(
+                model=BASE_GGUF, messages=long_prompt, max_tokens=4, stream=stream
+            )
+        assert caught.value.code == "context_length_exceeded"
+        assert "maximum context length is 2048 tokens" in caught.value.message
 
 
 def test_unknown_model_raises_not_found(client):
@@ -154,32 +166,46 @@ def test_curl_streams_sse_ending_with_done(gateway):
     assert all(json.loads(e[6:])["object"] == "chat.completion.chunk" for e in events[:-1])
 
 
+def _sample(metrics: str, name: str) -> float:
+    return float(next(line for line in metrics.splitlines() if line.startswith(name)).split()[-1])
+
+
 def test_ready_and_metrics(gateway, client):
     client.chat.completions.create(model=BASE, messages=FRANCE, max_tokens=4)
     with gateway.http() as http:
         ready = http.get("/ready").json()
         assert ready["status"] == "ready"
         assert {e["engine"] for e in ready["engines"]} == {"vllm", "llama.cpp"}
+        predicted = f'tunegate_llamacpp_tokens_predicted_total{{model="{BASE_GGUF}"}}'
+        before = _sample(http.get("/metrics").text, predicted)
+        client.chat.completions.create(model=BASE_GGUF, messages=FRANCE, max_tokens=4)
         metrics = http.get("/metrics").text
     assert f'tunegate_requests_total{{engine="vllm",model="{BASE}",status="200"}}' in metrics
     assert "tunegate_engine_up" in metrics
+    # llama-server's own metrics, re-exposed with the model they belong to.
+    assert _sample(metrics, predicted) > before
+    assert f'tunegate_llamacpp_requests_processing{{model="{BASE_GGUF}"}}' in metrics
 
 
-def test_a_client_that_goes_away_ends_the_generation_in_the_engine(gateway):
-    engine_metrics = gateway.engine_serving(BASE)["url"] + "/metrics"
+# Each engine's own gauge of requests being generated.
+RUNNING_GAUGE = {BASE: "vllm:num_requests_running", BASE_GGUF: "llamacpp:requests_processing"}
+
+
+@BOTH_ENGINES
+def test_a_client_that_goes_away_ends_the_generation_in_the_engine(gateway, client, model):
+    client.chat.completions.create(model=model, messages=FRANCE, max_tokens=1)  # started
+    engine_metrics = gateway.engine_serving(model)["url"] + "/metrics"
 
     def running() -> float:
         lines = httpx.get(engine_metrics, timeout=10).text.splitlines()
         return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in lines
-            if line.startswith("vllm:num_requests_running")
+            float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(RUNNING_GAUGE[model])
         )
 
     assert running() == 0
     story = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
     body = {
-        "model": BASE,
+        "model": model,
         "messages": story,
         "max_tokens": 1500,
         "ignore_eos": True,
@@ -190,7 +216,7 @@ def test_a_client_that_goes_away_ends_the_generation_in_the_engine(gateway):
         for _ in range(5):
             next(lines)
         assert running() == 1
-    deadline = time.monotonic() + 10  # 1500 tokens would take about a minute
+    deadline = time.monotonic() + 4  # 1500 tokens take 10 s or more on either engine
     while running() != 0:
         assert time.monotonic() < deadline, "the engine kept generating for a client that left"
         time.sleep(0.2)

@@ -47,11 +47,14 @@ async def test_stream_is_relayed_byte_for_byte(gateway):
     assert body == SSE_BODY
 
 
-async def test_llamacpp_gets_max_tokens_for_max_completion_tokens(gateway, upstream):
-    body = {**CHAT, "model": "base-gguf", "max_completion_tokens": 5}
-    assert (await gateway.post("/v1/chat/completions", json=body)).status_code == 200
-    sent = json.loads(upstream.seen[0].content)
-    assert sent["max_tokens"] == 5 and "max_completion_tokens" not in sent
+async def test_llamacpp_gets_max_completion_tokens_as_sent(gateway, upstream):
+    # llama-server reads max_completion_tokens itself: nothing is translated.
+    raw = json.dumps({**CHAT, "model": "base-gguf", "max_completion_tokens": 5}).encode()
+    response = await gateway.post(
+        "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert upstream.seen[0].content == raw
 
 
 async def test_completions_route(gateway, upstream):
@@ -133,6 +136,25 @@ async def test_engine_errors_become_openai_errors(gateway, upstream, status, bod
     response = await gateway.post("/v1/chat/completions", json=CHAT)
     assert_openai_error(response, expected)
     assert "/secret/path.py" not in response.text and "Traceback" not in response.text
+
+
+async def test_context_overflow_on_llama_server_is_400_that_says_so(gateway, upstream):
+    overflow = {
+        "error": {
+            "code": 400,
+            "message": "request (2100 tokens) exceeds the available context size (2048 tokens), "
+            "try increasing it",
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": 2100,
+            "n_ctx": 2048,
+        }
+    }
+    upstream.answer = lambda request: httpx.Response(400, json=overflow)
+    response = await gateway.post("/v1/chat/completions", json={**CHAT, "model": "base-gguf"})
+    error = assert_openai_error(response, 400, "context_length_exceeded")
+    assert error["type"] == "invalid_request_error"
+    assert "maximum context length is 2048 tokens" in error["message"]
+    assert "2100" in error["message"] and "increasing" not in error["message"]
 
 
 async def test_engine_admin_routes_are_not_reachable(gateway, upstream):

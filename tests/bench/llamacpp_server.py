@@ -1,0 +1,281 @@
+"""GGUF models on llama-server: decode speed, concurrency, and what the build costs.
+
+Side by side in one run, on one gateway that serves both engines:
+- a merged q8_0 model: decode tokens/s through the gateway vs llama-cpp-python in process,
+  and the fraction of the memory-bandwidth roofline that reaches;
+- aggregate tokens/s at 1, 4 and 8 concurrent streams on the GGUF base, through the
+  gateway next to llama-server called directly, and the same table for the vLLM base;
+- the seconds `make setup` spent building llama-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from gateway.engines.llamacpp import DEFAULT_SERVER_BIN
+from gateway.settings import EMBEDDED_MODEL_ID
+from tests.bench.load import new_client, stream_once
+from tests.bench.suites import BASE_CONFIG, CHAT_PATH, STORY, Row, _register, running_gateway
+from tests.support.adapter_factory import write_adapter
+
+CONCURRENCY = (1, 4, 8)
+ANSWER_TOKENS = 96
+# llama-server closes the connection after each stream, unannounced: asking for it, as the
+# gateway does, keeps the load from reusing a connection that is being closed.
+CLOSE = {"Connection": "close"}
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+async def llamacpp_server(quick: bool) -> list[Row]:
+    rounds, duration_s = (3, 5.0) if quick else (5, 10.0)
+    with tempfile.TemporaryDirectory(prefix="tunegate-bench-llamacpp-") as imports:
+        folder = write_adapter(
+            Path(imports) / "a", rank=8, base_config=BASE_CONFIG, seed=1, modules=LORA_MODULES
+        )
+        with running_gateway("--adapter-import-dirs", json.dumps([imports])) as gateway:
+            rows = await _merged_decode(gateway, folder, rounds)
+            gguf_id = f"{EMBEDDED_MODEL_ID}-gguf"
+            # The base's llama-server may have stopped as least recently used: ask it first.
+            async with new_client(1) as client:
+                await stream_once(client, gateway.api_url + "/chat/completions", {}, _body(gguf_id))
+            engines = {e["name"]: e["url"] for e in gateway.engines()}
+            for family, model, name in (
+                ("llama.cpp", gguf_id, f"llama.cpp/{gguf_id}"),
+                ("vllm", EMBEDDED_MODEL_ID, f"vllm/{EMBEDDED_MODEL_ID}"),
+            ):
+                rows += await _concurrency_table(
+                    family, gateway.api_url, engines[name], model, duration_s
+                )
+    return rows + [_build_row()]
+
+
+def _body(model: str) -> dict:
+    return {
+        "model": model,
+        "messages": STORY,
+        "max_tokens": ANSWER_TOKENS,
+        "temperature": 0,
+        "ignore_eos": True,  # every answer is ANSWER_TOKENS long, on both engines
+        "stream_options": {"include_usage": True},
+    }
+
+
+async def _merged_decode(gateway, adapter_folder: Path, rounds: int) -> list[Row]:
+    adapter = _register(gateway, adapter_folder, "benchmerge")
+    with gateway.http() as http:
+        started = time.perf_counter()
+        state = http.post(f"/v1/adapters/{adapter}/merge", json={"quantization": "q8_0"}).json()
+        while state["status"] in ("queued", "running"):
+            await asyncio.sleep(0.5)
+            state = http.get(f"/v1/merges/{state['id']}").json()
+        assert state["status"] == "succeeded", state
+        merge_s = time.perf_counter() - started
+    gguf = gateway.data_root / "merged" / f"{state['model']}.gguf"
+    chat = gateway.api_url + "/chat/completions"
+    long = {"model": state["model"], "messages": STORY, "max_tokens": 128, "temperature": 0}
+    async with new_client(2) as client:
+        first = await stream_once(client, chat, {}, long)
+        engine_url = gateway.engine_serving(state["model"])["url"]
+        through, server = [], []
+        for _ in range(rounds):
+            through.append(await stream_once(client, chat, {}, long))
+            server.append(await stream_once(client, engine_url + CHAT_PATH, CLOSE, long))
+    # The gateway's engines idle now; the same file, loaded in this process.
+    in_process = await asyncio.to_thread(_in_process_decode_tokens_per_s, gguf, 128, rounds)
+    gateway_rate = statistics.median(s.tokens_per_s for s in through)
+    server_rate = statistics.median(s.tokens_per_s for s in server)
+    gguf_bytes = gguf.stat().st_size
+    bandwidth = _memory_bandwidth_gb_s()
+    roofline = gguf_bytes * gateway_rate / (bandwidth * 1e9)
+    suite = "merged gguf"
+    return [
+        Row(
+            suite,
+            "decode tokens/s",
+            in_process,
+            gateway_rate,
+            "tok/s",
+            "≥ 0.95× llama-cpp-python",
+            gateway_rate / in_process >= 0.95,
+        ),
+        Row(suite, "decode tok/s, llama-server", in_process, server_rate, "tok/s"),
+        Row(
+            suite,
+            "decode tok/s, gateway",
+            server_rate,
+            gateway_rate,
+            "tok/s",
+            "≥ 0.98× llama-server",
+            gateway_rate / server_rate >= 0.98,
+        ),
+        Row(
+            suite,
+            "roofline fraction",
+            1.0,
+            roofline,
+            "×",
+            f"{gguf_bytes / 1e6:.0f} MB at {bandwidth:.1f} GB/s",
+        ),
+        Row(suite, "merge, then first token", merge_s, merge_s + first.ttft_ms / 1000, "s"),
+    ]
+
+
+async def _concurrency_table(
+    family: str, gateway_url: str, engine_url: str, model: str, duration_s: float
+) -> list[Row]:
+    """Aggregate tokens/s of ``c`` clients streaming back to back, direct then gateway."""
+    body = _body(model)
+    direct_headers = CLOSE if family == "llama.cpp" else None
+    measured: dict[int, tuple[float, float]] = {}
+    for concurrency in CONCURRENCY:
+        direct_url = engine_url + CHAT_PATH
+        measured[concurrency] = (
+            await _aggregate_tokens_per_s(
+                direct_url, body, concurrency, duration_s, direct_headers
+            ),
+            await _aggregate_tokens_per_s(
+                gateway_url + "/chat/completions", body, concurrency, duration_s
+            ),
+        )
+    rows = [
+        Row(
+            f"{family} concurrency",
+            f"aggregate tok/s, c={c}",
+            direct,
+            through,
+            "tok/s",
+            "≥ 0.95× direct",
+            through / direct >= 0.95,
+        )
+        for c, (direct, through) in measured.items()
+    ]
+    one, eight = measured[1][1], measured[CONCURRENCY[-1]][1]
+    goal = {"llama.cpp": 1.5}.get(family)
+    rows.append(
+        Row(
+            f"{family} concurrency",
+            f"gateway c={CONCURRENCY[-1]} vs c=1",
+            one,
+            eight,
+            "tok/s",
+            f"≥ {goal}× c=1" if goal else "",
+            eight / one >= goal if goal else None,
+        )
+    )
+    return rows
+
+
+async def _aggregate_tokens_per_s(
+    url: str, body: dict, concurrency: int, duration_s: float, headers: dict | None = None
+) -> float:
+    tokens = 0
+    async with new_client(concurrency) as client:
+        await _stream_tokens(client, url, {**body, "max_tokens": 1}, headers)  # warm up
+        started = time.perf_counter()
+        stop_at = started + duration_s
+
+        async def worker() -> None:
+            nonlocal tokens
+            while time.perf_counter() < stop_at:
+                tokens += await _stream_tokens(client, url, body, headers)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return tokens / (time.perf_counter() - started)
+
+
+async def _stream_tokens(client, url: str, body: dict, headers: dict | None) -> int:
+    """Streams one answer; its completion tokens, from the usage chunk at the end."""
+    last = ""
+    stream = client.stream("POST", url, json={**body, "stream": True}, headers=headers)
+    async with stream as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                last = line
+    return int(json.loads(last[6:])["usage"]["completion_tokens"])
+
+
+@contextlib.contextmanager
+def _without_extra_buffer_types() -> Iterator[None]:
+    """Load weights as llama-server is built to: without ggml's AMX buffers, which crash
+    on some Sapphire Rapids machines (llama.cpp issue 20824). q8_0 has no other extra
+    buffer type on x86, so its kernels are the same either way."""
+    import llama_cpp.llama_cpp as bindings
+
+    default = bindings.llama_model_default_params
+
+    def params():  # a ctypes struct
+        value = default()
+        value.use_extra_bufts = False
+        return value
+
+    bindings.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = default
+
+
+def _in_process_decode_tokens_per_s(gguf: Path, max_tokens: int, rounds: int) -> float:
+    from llama_cpp import Llama
+
+    # The threads the gateway gives its engines (TUNEGATE_LLAMACPP_THREADS reaches both).
+    threads = int(os.environ.get("TUNEGATE_LLAMACPP_THREADS") or os.cpu_count() or 1)
+    with _without_extra_buffer_types():
+        model = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, verbose=False)
+    rates = []
+    for _ in range(rounds):
+        first = last = 0.0
+        tokens = 0
+        for chunk in model.create_chat_completion(
+            messages=STORY, max_tokens=max_tokens, temperature=0, stream=True
+        ):
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                tokens += 1
+        rates.append((tokens - 1) / (last - first))
+    del model
+    return statistics.median(rates)
+
+
+def _memory_bandwidth_gb_s() -> float:
+    """Bytes read and written per second by a large array copy: the roofline's ceiling."""
+    import numpy as np
+
+    source = np.ones(64 * 2**20, dtype=np.float64)  # 512 MiB
+    target = np.empty_like(source)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - started)
+    return 2 * source.nbytes / best / 1e9
+
+
+def _build_row() -> Row:
+    """What `make setup` recorded when it built llama-server on a fresh build dir."""
+    recorded = DEFAULT_SERVER_BIN.parents[1] / "build-seconds"
+    try:
+        seconds = float(recorded.read_text())
+    except (OSError, ValueError):
+        print(f"no build time recorded at {recorded}", file=sys.stderr)
+        seconds = float("nan")
+    return Row(
+        "llama-server build",
+        "added set-up time",
+        seconds,
+        seconds,
+        "s",
+        f"make setup, fresh build dir, {os.cpu_count()} cores",
+    )
