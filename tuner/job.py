@@ -179,8 +179,6 @@ def _maybe_float(value: Any) -> float | None:
 def run(spec: JobSpec, events: EventSink, rank: Rank | None = None) -> None:
     rank = rank or Rank()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # Whatever a library asks for, torch.load only ever reads tensors and plain data here.
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -288,6 +286,8 @@ def _resume_point(spec: JobSpec, events: EventSink, rank: Rank) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
+    # Whatever a library asks for, torch.load only ever reads tensors and plain data here.
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     argv = sys.argv[1:] if argv is None else argv
     run_dir = Path(argv[0])
     rank = Rank.from_env()

@@ -90,7 +90,7 @@ class TrainingRunner:
         self._guard = guard
         self._succeed = succeed
         self._fail = fail
-        self._trainer_module = trainer_module
+        self.trainer_module = trainer_module  # tests run a stand-in
         self._trainers: dict[str, TrainerProcess] = {}
         self._cancelling: set[str] = set()
         self._stopping = False
@@ -114,7 +114,7 @@ class TrainingRunner:
             data={"slot": slot.index, "processes": slot.processes},
         )
         command = trainer_command(
-            run_dir, slot, self._settings.tuner_accelerate_config, self._trainer_module
+            run_dir, slot, self._settings.tuner_accelerate_config, self.trainer_module
         )
         trainer = TrainerProcess(run_dir, command, self._guard)
         state = _Run(again=runs > 1)
