@@ -253,9 +253,9 @@ def run(spec: JobSpec, events: EventSink, rank: Rank | None = None) -> None:
     if pause.paused_at is not None and state.global_step < state.max_steps:
         events.emit("paused", step=state.global_step)
         return
+    _save_adapter(trainer, spec.adapter_dir)
     if not rank.is_main:
         return
-    trainer.model.save_pretrained(spec.adapter_dir, safe_serialization=True)
     valid_loss = state.best_metric if has_valid else None
     tokens = int(sum(len(ids) for ids in trainer.train_dataset["input_ids"])) * spec.n_epochs
     events.emit(
@@ -267,6 +267,14 @@ def run(spec: JobSpec, events: EventSink, rank: Rank | None = None) -> None:
         valid_loss=valid_loss,
         train_seconds=float(output.metrics.get("train_runtime", 0.0)),
     )
+
+
+def _save_adapter(trainer: Any, folder: Path) -> None:
+    """Every rank takes part: FSDP and DeepSpeed gather the sharded weights here."""
+    if trainer.is_fsdp_enabled:  # one file of adapter weights, not a shard per rank
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(folder))  # safetensors; rank 0 writes
+    (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle the adapter never needs
 
 
 def _resume_point(spec: JobSpec, events: EventSink, rank: Rank) -> Path | None:

@@ -21,7 +21,7 @@ TINY = {"n_epochs": 1, "batch_size": 5}
 
 
 def event_time(client: openai.OpenAI, job_id: str, starts_with: str) -> int:
-    events = client.fine_tuning.jobs.list_events(job_id, limit=200).data
+    events = client.fine_tuning.jobs.list_events(job_id, limit=100).data
     return next(e.created_at for e in reversed(events) if e.message.startswith(starts_with))
 
 

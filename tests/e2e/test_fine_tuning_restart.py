@@ -52,7 +52,7 @@ def test_sigkill_during_training_then_restart_resumes_from_the_last_checkpoint(t
         client = again.client()
         done = wait_for(client, job.id, {"succeeded", "failed", "cancelled"})
         assert done.status == "succeeded", done.error
-        events = client.fine_tuning.jobs.list_events(job.id, limit=200).data[::-1]
+        events = client.fine_tuning.jobs.list_events(job.id, limit=100).data[::-1]
         messages = [e.message for e in events]
         assert any("the gateway restarted" in m for m in messages)
         resumed = next(i for i, e in enumerate(events) if e.message.startswith("Resumed from"))

@@ -60,13 +60,13 @@ def test_two_slots_train_two_jobs_at_once_and_a_two_process_job_learns(
             assert done.status == "succeeded", done.error
             started = next(
                 e
-                for e in slots.fine_tuning.jobs.list_events(ddp.id, limit=200).data
+                for e in slots.fine_tuning.jobs.list_events(ddp.id, limit=100).data
                 if e.message.startswith("Fine-tuning job started")
             )
             assert started.data == {"slot": 0, "processes": 2}
             steps = [
                 e.data["step"]
-                for e in slots.fine_tuning.jobs.list_events(ddp.id, limit=200).data
+                for e in slots.fine_tuning.jobs.list_events(ddp.id, limit=100).data
                 if e.type == "metrics"
             ]
             assert sorted(steps) == list(range(1, 16))  # rank 0 alone reports, each step once

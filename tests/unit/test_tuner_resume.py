@@ -19,14 +19,7 @@ from tests.unit.test_tuner_job import events_of, tiny_base, write_run_dir  # noq
 from tuner.checkpointing import SEAL_FILE, latest_resumable, seal
 from tuner.job import EventSink, run
 
-MULTI_CPU_CONFIG = """\
-compute_environment: LOCAL_MACHINE
-distributed_type: MULTI_CPU
-mixed_precision: "no"
-use_cpu: true
-num_machines: 1
-machine_rank: 0
-"""
+MULTI_CPU_CONFIG = REPO / "docs" / "accelerate" / "multi-cpu.yaml"  # the documented example
 
 
 def test_a_paused_run_resumes_to_exactly_the_adapter_of_an_unbroken_run(
@@ -132,17 +125,15 @@ def launch(run_dir: Path, processes: int, *flags: str) -> subprocess.Popen[str]:
 
 def test_two_processes_train_one_job_and_only_rank_0_speaks(tiny_base, tmp_path):  # noqa: F811
     spec = write_run_dir(tmp_path / "run", tiny_base, valid=True)
-    config = tmp_path / "accelerate.yaml"
-    config.write_text(MULTI_CPU_CONFIG)
     spec.pause_file.touch()
-    paused = launch(spec.run_dir, 2, "--accelerate-config", str(config))
+    paused = launch(spec.run_dir, 2, "--accelerate-config", str(MULTI_CPU_CONFIG))
     output, _ = paused.communicate(timeout=300)
     assert paused.returncode == 0
     events = [json.loads(line) for line in output.splitlines()]
     assert [e["type"] for e in events] == ["progress", "checkpoint", "paused"]
 
     spec.pause_file.unlink()
-    resumed = launch(spec.run_dir, 2, "--accelerate-config", str(config))
+    resumed = launch(spec.run_dir, 2, "--accelerate-config", str(MULTI_CPU_CONFIG))
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0
     events = [json.loads(line) for line in output.splitlines()]
