@@ -1,6 +1,6 @@
 """``make bench``: every benchmark, one table, one JSON file.
 
-python -m tests.bench [--suite overhead|engines|all] [--quick] [--out FILE]
+python -m tests.bench [--suite overhead|engines|...|training|all] [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tests.bench.fleet import fleet
 from tests.bench.suites import Row, adapters, gateway_overhead, merged, real_engines, tuner
+from tests.bench.training import training
 
 
 def render(rows: list[Row]) -> str:
@@ -66,6 +67,8 @@ async def run(suite: str, quick: bool) -> list[Row]:
         rows += await merged(rounds=3 if quick else 5)
     if suite in ("fleet", "all"):
         rows += await fleet(quick)
+    if suite in ("training", "all"):
+        rows += await training(quick)
     return rows
 
 
@@ -73,7 +76,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument(
         "--suite",
-        choices=("overhead", "engines", "adapters", "tuner", "merged", "fleet", "all"),
+        choices=(
+            "overhead",
+            "engines",
+            "adapters",
+            "tuner",
+            "merged",
+            "fleet",
+            "training",
+            "all",
+        ),
         default="all",
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
