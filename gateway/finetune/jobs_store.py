@@ -12,8 +12,6 @@ from gateway.errors import NotFoundError
 from gateway.finetune.pagination import check_limit, page
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-# Statuses of a job that holds or waits for a trainer slot, or may again.
-ACTIVE = frozenset({"validating_files", "queued", "running", "paused"})
 # Private fields kept with a job but never shown to clients.
 _PRIVATE_PREFIX = "_"
 

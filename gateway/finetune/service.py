@@ -103,34 +103,13 @@ class FineTuningService:
     def start(self) -> None:
         """Carry on where the last gateway stopped, then start training."""
         for job in self.store.with_status("running"):
-            if self._recover(job):
+            if self.runner.recover(job):
                 self.scheduler.submit(job["id"])
         for job in sorted(self.store.with_status("queued"), key=lambda j: j.get("_queued_at", 0)):
             self.scheduler.submit(job["id"])
         for job in self.store.with_status("validating_files"):
             self._spawn_validation(job["id"])
         self.scheduler.start()
-
-    def _recover(self, job: dict[str, Any]) -> bool:
-        """A job that was running when the gateway stopped; True: it goes back in the queue."""
-        job_id = job["id"]
-        if job.get("_pause_requested"):
-            self.store.update(job_id, status="paused", _pause_requested=False)
-            self.store.add_event(
-                job_id,
-                "The gateway stopped while this job was pausing: it is paused at its last "
-                "checkpoint; resume it to continue.",
-            )
-            return False
-        if job.get("_stopped_by_shutdown"):
-            self.store.update(job_id, status="queued", _stopped_by_shutdown=False)
-            self.store.add_event(
-                job_id,
-                "The gateway was stopped while this job was running; it resumes from its last "
-                "checkpoint.",
-            )
-            return True
-        return self.runner.after_interruption(job_id, "the gateway restarted")
 
     async def stop(self) -> None:
         for task in self._validations:

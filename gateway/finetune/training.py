@@ -154,6 +154,27 @@ class TrainingRunner:
             return False
         return self.after_interruption(job_id, f"the trainer stopped (exit status {returncode})")
 
+    def recover(self, job: dict[str, Any]) -> bool:
+        """At start: a job that was running when the last gateway stopped; True: queue it."""
+        job_id = job["id"]
+        if job.get("_pause_requested"):
+            self._store.update(job_id, status="paused", _pause_requested=False)
+            self._store.add_event(
+                job_id,
+                "The gateway stopped while this job was pausing: it is paused at its last "
+                "checkpoint; resume it to continue.",
+            )
+            return False
+        if job.get("_stopped_by_shutdown"):
+            self._store.update(job_id, status="queued", _stopped_by_shutdown=False)
+            self._store.add_event(
+                job_id,
+                "The gateway was stopped while this job was running; it resumes from its last "
+                "checkpoint.",
+            )
+            return True
+        return self.after_interruption(job_id, "the gateway restarted")
+
     def after_interruption(self, job_id: str, reason: str) -> bool:
         """Queue an interrupted job again, or fail it past the bound; True: queued."""
         job = self._store.get(job_id)
@@ -163,9 +184,9 @@ class TrainingRunner:
             self._fail(
                 job_id,
                 "too_many_interruptions",
-                f"Training was interrupted again ({reason}) after {limit} automatic "
-                f"resume{'s' if limit != 1 else ''} (setting finetune_max_auto_resumes); the job "
-                "stops here. Its checkpoints stay servable.",
+                f"Training was interrupted ({reason}) after {limit} automatic "
+                f"resume{'s' if limit != 1 else ''}, the limit (setting "
+                "finetune_max_auto_resumes): the job stops here. Its checkpoints stay servable.",
             )
             return False
         self._store.update(job_id, status="queued", _auto_resumes=resumes, estimated_finish=None)
