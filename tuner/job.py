@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from gateway.parent_death import arm_for_this_process_tree
 from tuner.checkpointing import checkpoint_step, latest_resumable, make_checkpoint_callback
 from tuner.distributed import Rank, finish, pin_to_cpus
 from tuner.examples import to_training_rows
-from tuner.lifeline import die_with_parent
 from tuner.pause import PAUSE_FILE, make_pause_callback
 
 
@@ -293,7 +293,9 @@ def _resume_point(spec: JobSpec, events: EventSink, rank: Rank) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    die_with_parent()
+    # First of all: under torchrun this rank is a grandchild of the gateway, in a session of
+    # its own, so only its own death signal makes it die with its launcher.
+    arm_for_this_process_tree()
     # Whatever a library asks for, torch.load only ever reads tensors and plain data here.
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     argv = sys.argv[1:] if argv is None else argv

@@ -6,7 +6,8 @@ Without a config this is torchrun (DDP: gloo on CPUs, NCCL on GPUs); with an
 accelerate config file it is ``accelerate launch`` with that file, which is how
 FSDP or DeepSpeed are chosen (see docs/multi-process-training.md). Both run
 in this process, so that the ranks are this process's children and die with
-it (see ``tuner.lifeline``).
+it: each rank arms its own parent-death signal at start (``gateway.parent_death``),
+with this process named as the parent it must have.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tuner.lifeline import die_with_parent, hand_down_parent_pid
+from gateway.parent_death import arm_for_this_process_tree
 
 TRAINER_MODULE = "tuner.job"
 
@@ -69,13 +70,12 @@ def _free_port() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    die_with_parent()
+    arm_for_this_process_tree()  # and names this process as the ranks' parent
     parser = argparse.ArgumentParser(prog="python -m tuner.launch")
     parser.add_argument("--processes", type=int, required=True)
     parser.add_argument("--accelerate-config", type=Path)
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
-    hand_down_parent_pid()
     launcher: Callable[[list[str]], None]
     if args.accelerate_config is not None:
         launcher = _accelerate

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from gateway.parent_death import PARENT_VARIABLE
 from tests.support.gateway_process import REPO, processes_with
 from tests.unit.test_tuner_job import events_of, tiny_base, write_run_dir  # noqa: F401
 from tuner.checkpointing import SEAL_FILE, latest_resumable, seal
@@ -112,7 +113,7 @@ def test_only_sealed_unchanged_checkpoints_of_the_job_are_resumed(tmp_path):
 
 
 def launch(run_dir: Path, processes: int, *flags: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "TUNEGATE_PARENT_PID": str(os.getpid()), "TUNEGATE_RANK_CPUS": "0;1"}
+    env = {**os.environ, PARENT_VARIABLE: str(os.getpid()), "TUNEGATE_RANK_CPUS": "0;1"}
     return subprocess.Popen(
         [sys.executable, "-m", "tuner.launch", "--processes", str(processes), *flags, str(run_dir)],
         cwd=REPO,
@@ -164,14 +165,18 @@ def test_every_rank_dies_with_its_launcher(tiny_base, tmp_path):  # noqa: F811
     assert not alive, f"ranks outlived their launcher: {alive}"
 
 
-def test_a_trainer_whose_parent_is_already_gone_exits_at_once():
+@pytest.mark.parametrize("module", ["tuner.launch", "tuner.job"])
+def test_a_trainer_whose_parent_is_already_gone_exits_at_once(module, tmp_path):
+    started = time.monotonic()
     orphan = subprocess.run(
-        [sys.executable, "-c", "from tuner.lifeline import die_with_parent; die_with_parent()"],
+        [sys.executable, "-m", module, "--processes", "2", str(tmp_path)],
         cwd=REPO,
-        env={**os.environ, "TUNEGATE_PARENT_PID": "1"},  # not its parent: that one has died
-        timeout=60,
+        env={**os.environ, PARENT_VARIABLE: "1"},  # not its parent: that one has died
+        capture_output=True,
+        timeout=120,
     )
-    assert orphan.returncode == 70
+    assert orphan.returncode == 1 and not orphan.stdout
+    assert time.monotonic() - started < 30  # before any training work
 
 
 @pytest.mark.parametrize("rank_cpus", ["0;1", ""])
