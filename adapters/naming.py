@@ -2,8 +2,10 @@
 
 An adapter id has OpenAI's form ``ft:<base>:<owner>:<suffix>:<unique>``, for
 example ``ft:smollm2-135m-instruct:local:jsonbot:ftjob-3f9a1c``. Its suffix is
-also a short alias while no other adapter has the same one. Every part is
-checked against a strict pattern, so a name can never become a path.
+also a short alias while no other adapter has the same one. A checkpoint of a
+fine-tuning job adds ``:ckpt-step-<N>``, as OpenAI's checkpoint models do; it
+has no alias. Every part is checked against a strict pattern, so a name can
+never become a path.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ _PART = r"[a-z0-9][a-z0-9_-]{0,63}"
 _UNIQUE = r"[a-z0-9][a-z0-9-]{0,63}"
 NAME_PATTERN = re.compile(rf"^{_PART}$")
 ADAPTER_ID_PATTERN = re.compile(
-    rf"^ft:(?P<base>{_BASE}):(?P<owner>{_PART}):(?P<suffix>{_PART})?:(?P<unique>{_UNIQUE})$"
+    rf"^ft:(?P<base>{_BASE}):(?P<owner>{_PART}):(?P<suffix>{_PART})?:(?P<unique>{_UNIQUE})"
+    r"(?::ckpt-step-(?P<step>[0-9]{1,9}))?$"
 )
 DEFAULT_OWNER = "local"
 
@@ -32,9 +35,15 @@ class AdapterId:
     owner: str
     suffix: str  # may be empty, as in OpenAI's ids of jobs created without a suffix
     unique: str
+    checkpoint_step: int | None = None
 
     def __str__(self) -> str:
-        return f"ft:{self.base}:{self.owner}:{self.suffix}:{self.unique}"
+        text = f"ft:{self.base}:{self.owner}:{self.suffix}:{self.unique}"
+        return text if self.checkpoint_step is None else f"{text}:ckpt-step-{self.checkpoint_step}"
+
+    def at_checkpoint(self, step: int) -> AdapterId:
+        """The id of this adapter's checkpoint at ``step``."""
+        return AdapterId(self.base, self.owner, self.suffix, self.unique, step)
 
 
 def parse_adapter_id(text: str) -> AdapterId | None:
@@ -42,7 +51,8 @@ def parse_adapter_id(text: str) -> AdapterId | None:
     if match is None:
         return None
     parts = match.groupdict()
-    return AdapterId(parts["base"], parts["owner"], parts["suffix"] or "", parts["unique"])
+    step = int(parts["step"]) if parts["step"] is not None else None
+    return AdapterId(parts["base"], parts["owner"], parts["suffix"] or "", parts["unique"], step)
 
 
 def normalise_suffix(suffix: str | None) -> str:
@@ -78,9 +88,15 @@ def new_unique_part(prefix: str = "imp") -> str:
     return f"{prefix}-{secrets.token_hex(6)}"
 
 
-def make_adapter_id(base: str, suffix: str, unique: str, owner: str = DEFAULT_OWNER) -> AdapterId:
+def make_adapter_id(
+    base: str,
+    suffix: str,
+    unique: str,
+    owner: str = DEFAULT_OWNER,
+    checkpoint_step: int | None = None,
+) -> AdapterId:
     suffix = check_name(suffix, "suffix") if suffix else ""
-    adapter_id = AdapterId(base, check_name(owner, "owner"), suffix, unique)
+    adapter_id = AdapterId(base, check_name(owner, "owner"), suffix, unique, checkpoint_step)
     if parse_adapter_id(str(adapter_id)) is None:
         raise InvalidRequestError(f"'{base}' cannot be part of an adapter id.", param="base")
     return adapter_id

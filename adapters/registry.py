@@ -51,6 +51,11 @@ class RegisterRequest:
     unique: str | None = None  # the last id part; a job id for trained adapters
     source: dict[str, Any] | None = None
     dataset_sha256: str | None = None
+    checkpoint_step: int | None = None  # a job's checkpoint: ``…:ckpt-step-N``, no alias
+
+    @property
+    def alias(self) -> str:
+        return self.suffix if self.checkpoint_step is None else ""
 
 
 class AdapterRegistry:
@@ -110,7 +115,11 @@ class AdapterRegistry:
                 param="base",
             )
         unique = request.unique or new_unique_part()
-        adapter_id = str(make_adapter_id(request.base, request.suffix, unique, request.owner))
+        adapter_id = str(
+            make_adapter_id(
+                request.base, request.suffix, unique, request.owner, request.checkpoint_step
+            )
+        )
         if adapter_id in self._manifests or (self.root / adapter_id).exists():
             raise AdapterExistsError(f"An adapter '{adapter_id}' already exists.", param="id")
         roots = [*self.import_roots, *extra_roots, self._staging]
@@ -125,7 +134,7 @@ class AdapterRegistry:
             _copy_with_sha256(config, staging / CONFIG_FILE)
             manifest = AdapterManifest(
                 id=adapter_id,
-                alias=request.suffix,
+                alias=request.alias,
                 base=request.base,
                 owner=request.owner,
                 rank=summary.rank,

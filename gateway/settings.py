@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -24,6 +24,7 @@ from pydantic_settings import (
 MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
 GGUF_ID_SUFFIX = "-gguf"
+GPU_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$"  # an index or a GPU's UUID
 
 
 class BaseModelSpec(BaseModel):
@@ -67,6 +68,16 @@ class BaseModelSpec(BaseModel):
         if self.gguf_id:
             return self.gguf_id
         return f"{self.id}{GGUF_ID_SUFFIX}" if self.hf_dir is not None else self.id
+
+
+# One trainer slot: GPU ids (one process each), or CPU thread counts (one process each).
+# A bare number or id is a slot of one process.
+TrainerSlotSpec = (
+    Annotated[int, Field(ge=1)]
+    | Annotated[str, Field(pattern=GPU_ID_PATTERN)]
+    | Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
+    | Annotated[list[Annotated[str, Field(pattern=GPU_ID_PATTERN)]], Field(min_length=1)]
+)
 
 
 class Settings(BaseSettings):
@@ -116,6 +127,29 @@ class Settings(BaseSettings):
     )
     finetune_max_length: int = Field(
         2048, gt=0, description="Longest example in tokens; longer ones fail the data checks."
+    )
+    finetune_max_auto_resumes: int = Field(
+        3,
+        ge=0,
+        description="Times a job interrupted by a restart or a trainer crash resumes on its own "
+        "before it fails.",
+    )
+    finetune_checkpoint_models: int = Field(
+        3,
+        ge=0,
+        description="Checkpoints per job kept as servable models (ft:…:ckpt-step-N); the "
+        "newest are kept.",
+    )
+    tuner_slots: list[TrainerSlotSpec] | None = Field(
+        None,
+        description='Trainer slots, one job each, as JSON: GPU ids per slot ([["0"], ["1"]]) '
+        "or CPU threads per process ([[1], [1]]); a slot of several runs one process each "
+        '([["0", "1"]], [[1, 1]]). Unset: one slot, the whole machine.',
+    )
+    tuner_accelerate_config: Path | None = Field(
+        None,
+        description="accelerate config file for slots of several processes (FSDP, DeepSpeed); "
+        "unset: torchrun with DDP.",
     )
 
     # --- vLLM ---------------------------------------------------------------
@@ -287,6 +321,18 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("tuner_slots")
+    @classmethod
+    def _some_slots(cls, value: list[TrainerSlotSpec] | None) -> list[TrainerSlotSpec] | None:
+        if value is not None and not value:
+            raise ValueError("tuner_slots needs at least one slot (or leave it unset)")
+        return value
+
+    @field_validator("tuner_accelerate_config")
+    @classmethod
+    def _absolute_file(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
 
     @field_validator("adapter_import_dirs")
     @classmethod

@@ -8,6 +8,9 @@ A unit test compares the file with this output, so the docs cannot drift.
 from __future__ import annotations
 
 import json
+import types
+import typing
+from typing import Any
 
 from pydantic.fields import FieldInfo
 
@@ -21,7 +24,20 @@ def _default(field: FieldInfo) -> str:
 
 
 def _type(field: FieldInfo) -> str:
-    annotation = field.annotation
+    return _type_text(field.annotation)
+
+
+def _type_text(annotation: Any) -> str:
+    """A type as a reader writes it: constraints (``Annotated``) left out."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_text(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_text(arg) for arg in args)
+    if origin is list:
+        return f"list[{', '.join(_type_text(arg) for arg in args)}]"
+    if annotation is type(None):
+        return "None"
     if isinstance(annotation, type):
         return annotation.__name__
     text = str(annotation)

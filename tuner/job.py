@@ -7,8 +7,10 @@
 the gateway as JSON lines on stdout, each one event:
 
     {"type": "progress", "step", "total_steps", "epoch", "train_loss", "tokens_per_s", "eta_s"}
-    {"type": "checkpoint", "step", "epoch", "train_loss", "train_mean_token_accuracy",
-     "valid_loss", "valid_mean_token_accuracy"}
+    {"type": "checkpoint", "step", "epoch", "adapter_dir", "train_loss",
+     "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"}
+    {"type": "resumed", "step"}
+    {"type": "paused", "step"}
     {"type": "warning", "message"}
     {"type": "result", "adapter_dir", "steps", "trained_tokens", "train_loss", "valid_loss",
      "train_seconds"}
@@ -16,6 +18,11 @@ the gateway as JSON lines on stdout, each one event:
 Everything the libraries print goes to stderr (the run's log). The adapter
 saved is the checkpoint with the lowest validation loss when there is
 validation data, else the last one.
+
+Run again on the same RUN_DIR, the trainer resumes from its last sealed
+checkpoint (see ``tuner.checkpointing``), with the optimizer, scheduler and
+RNG state it had. Under torchrun or ``accelerate launch`` every rank runs this
+module; only rank 0 emits events and saves the result.
 """
 
 from __future__ import annotations
@@ -28,7 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from gateway.parent_death import arm_for_this_process_tree
+from tuner.checkpointing import checkpoint_step, latest_resumable, make_checkpoint_callback
+from tuner.distributed import Rank, finish, pin_to_cpus
 from tuner.examples import to_training_rows
+from tuner.pause import PAUSE_FILE, make_pause_callback
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,19 @@ class JobSpec:
     def adapter_dir(self) -> Path:
         return self.run_dir / "adapter"
 
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def servable_dir(self) -> Path:
+        """Checkpoint adapters, copied out for the gateway to register."""
+        return self.run_dir / "servable"
+
+    @property
+    def pause_file(self) -> Path:
+        return self.run_dir / PAUSE_FILE
+
     @classmethod
     def from_run_dir(cls, run_dir: Path) -> JobSpec:
         data = json.loads((run_dir / "job.json").read_text())
@@ -79,12 +103,14 @@ class JobSpec:
 
 
 class EventSink:
-    """Writes one JSON event per line to the stream the gateway reads."""
+    """Writes one JSON event per line to the stream the gateway reads (None: rank > 0)."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str] | None) -> None:
         self._stream = stream
 
     def emit(self, kind: str, **data: Any) -> None:
+        if self._stream is None:
+            return
         self._stream.write(json.dumps({"type": kind, **data}) + "\n")
         self._stream.flush()
 
@@ -100,13 +126,12 @@ def make_callback(events: EventSink):  # the transformers import stays inside ru
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):
-        """Turns the trainer's logs into progress, checkpoint and warning events."""
+        """Turns the trainer's logs into progress and warning events."""
 
         def __init__(self) -> None:
             self.started = time.monotonic()
             self.train_loss: float | None = None
             self.train_accuracy: float | None = None
-            self.best_valid: float | None = None
             self.previous: tuple[float, float] | None = None  # (train, valid) at last eval
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
@@ -130,9 +155,7 @@ def make_callback(events: EventSink):  # the transformers import stays inside ru
             )
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # type: ignore[no-untyped-def]
-            metrics = metrics or {}
-            valid = _maybe_float(metrics.get("eval_loss"))
-            self._checkpoint(state, valid, _maybe_float(metrics.get("eval_mean_token_accuracy")))
+            valid = _maybe_float((metrics or {}).get("eval_loss"))
             if valid is None or self.train_loss is None:
                 return
             if self.previous and valid > self.previous[1] and self.train_loss < self.previous[0]:
@@ -146,21 +169,6 @@ def make_callback(events: EventSink):  # the transformers import stays inside ru
                 )
             self.previous = (self.train_loss, valid)
 
-        def on_epoch_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            if args.eval_strategy == "no":
-                self._checkpoint(state, None, None)
-
-        def _checkpoint(self, state, valid: float | None, valid_accuracy: float | None) -> None:  # type: ignore[no-untyped-def]
-            events.emit(
-                "checkpoint",
-                step=state.global_step,
-                epoch=round(float(state.epoch or 0), 3),
-                train_loss=self.train_loss,
-                train_mean_token_accuracy=self.train_accuracy,
-                valid_loss=valid,
-                valid_mean_token_accuracy=valid_accuracy,
-            )
-
     return ProgressCallback()
 
 
@@ -168,7 +176,8 @@ def _maybe_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def run(spec: JobSpec, events: EventSink) -> None:
+def run(spec: JobSpec, events: EventSink, rank: Rank | None = None) -> None:
+    rank = rank or Rank()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from datasets import Dataset
@@ -181,19 +190,23 @@ def run(spec: JobSpec, events: EventSink) -> None:
     has_valid = bool(valid_rows)
     tokenizer = AutoTokenizer.from_pretrained(spec.base_dir)
     model = AutoModelForCausalLM.from_pretrained(spec.base_dir, dtype=torch.float32)
+    # The job's batch size is the global one: each of N ranks takes its share.
+    per_rank_batch = max(1, -(-spec.batch_size // rank.world_size))
     args = SFTConfig(
-        output_dir=str(spec.run_dir / "checkpoints"),
+        output_dir=str(spec.checkpoints_dir),
         num_train_epochs=spec.n_epochs,
-        per_device_train_batch_size=spec.batch_size,
-        per_device_eval_batch_size=spec.batch_size,
+        per_device_train_batch_size=per_rank_batch,
+        per_device_eval_batch_size=per_rank_batch,
         learning_rate=spec.learning_rate,
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=min(5, max(1, len(train_rows) // spec.batch_size)),
         logging_steps=1,
         eval_strategy="epoch" if has_valid else "no",
-        save_strategy="epoch" if has_valid else "no",
-        save_only_model=True,
-        save_total_limit=2 if has_valid else None,
+        # A checkpoint each epoch (and on a pause), with the optimizer, scheduler and RNG
+        # state, so that a run can resume; the best and the latest are kept.
+        save_strategy="epoch",
+        save_only_model=False,
+        save_total_limit=2,
         load_best_model_at_end=has_valid,
         metric_for_best_model="eval_loss" if has_valid else None,
         greater_is_better=False if has_valid else None,
@@ -210,6 +223,8 @@ def run(spec: JobSpec, events: EventSink) -> None:
         padding_free=True,
         disable_tqdm=True,
     )
+    _ = args.device  # sets up the process group when launched with one process per device
+    resume_from = _resume_point(spec, events, rank)
     lora = LoraConfig(
         r=spec.lora.rank,
         lora_alpha=spec.lora.alpha,
@@ -217,6 +232,7 @@ def run(spec: JobSpec, events: EventSink) -> None:
         target_modules=spec.lora.target_modules,
         task_type="CAUSAL_LM",
     )
+    pause = make_pause_callback(spec.pause_file)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -224,11 +240,23 @@ def run(spec: JobSpec, events: EventSink) -> None:
         eval_dataset=Dataset.from_list(valid_rows) if has_valid else None,
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[make_callback(events)],
+        callbacks=[
+            make_callback(events),
+            make_checkpoint_callback(events, spec.servable_dir),
+            pause,
+        ],
     )
-    output = trainer.train()
-    trainer.model.save_pretrained(spec.adapter_dir, safe_serialization=True)
-    valid_loss = trainer.state.best_metric if has_valid else None
+    if resume_from is not None:
+        events.emit("resumed", step=checkpoint_step(resume_from))
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    state = trainer.state
+    if pause.paused_at is not None and state.global_step < state.max_steps:
+        events.emit("paused", step=state.global_step)
+        return
+    _save_adapter(trainer, spec.adapter_dir)
+    if not rank.is_main:
+        return
+    valid_loss = state.best_metric if has_valid else None
     tokens = int(sum(len(ids) for ids in trainer.train_dataset["input_ids"])) * spec.n_epochs
     events.emit(
         "result",
@@ -241,20 +269,53 @@ def run(spec: JobSpec, events: EventSink) -> None:
     )
 
 
+def _save_adapter(trainer: Any, folder: Path) -> None:
+    """Every rank takes part: FSDP and DeepSpeed gather the sharded weights here."""
+    if trainer.is_fsdp_enabled:  # one file of adapter weights, not a shard per rank
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(folder))  # safetensors; rank 0 writes
+    (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle the adapter never needs
+
+
+def _resume_point(spec: JobSpec, events: EventSink, rank: Rank) -> Path | None:
+    """The sealed checkpoint to resume from: rank 0 checks, every rank uses its choice."""
+    import torch.distributed as dist
+
+    chosen: list[str | None] = [None]
+    if rank.is_main:
+        folder, notes = latest_resumable(spec.checkpoints_dir)
+        for note in notes:
+            events.emit("warning", message=note)
+        chosen = [folder.name if folder else None]
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(chosen, src=0)
+    return spec.checkpoints_dir / chosen[0] if chosen[0] else None
+
+
 def main(argv: list[str] | None = None) -> int:
+    # First of all: under torchrun this rank is a grandchild of the gateway, in a session of
+    # its own, so only its own death signal makes it die with its launcher.
+    arm_for_this_process_tree()
+    # Whatever a library asks for, torch.load only ever reads tensors and plain data here.
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     argv = sys.argv[1:] if argv is None else argv
     run_dir = Path(argv[0])
-    # Events own the real stdout; whatever the libraries print goes to stderr.
-    events = EventSink(os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1))
+    rank = Rank.from_env()
+    pin_to_cpus(rank)
+    # Events own the real stdout (rank 0's); whatever the libraries print goes to stderr.
+    stream = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1) if rank.is_main else None
+    events = EventSink(stream)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     try:
-        run(JobSpec.from_run_dir(run_dir), events)
+        run(JobSpec.from_run_dir(run_dir), events, rank)
     except Exception as exc:  # reported as an event; the traceback stays in the log
         import traceback
 
         traceback.print_exc()
         events.emit("error", message=f"{type(exc).__name__}: {exc}"[:500])
         return 1
+    finally:
+        finish()
     return 0
 
 

@@ -117,7 +117,13 @@ class JobStore:
         return [(r["seq"], _event(r)) for r in rows]
 
     # --- checkpoints --------------------------------------------------------
-    def add_checkpoint(self, job_id: str, step: int, model: str, metrics: dict[str, Any]) -> None:
+    def add_checkpoint(self, job_id: str, step: int, model: str, metrics: dict[str, Any]) -> bool:
+        """Record a checkpoint; False when the job has one at ``step`` already (a resumed run)."""
+        known = self._db.execute(
+            "SELECT 1 FROM checkpoints WHERE job_id = ? AND step = ?", (job_id, step)
+        ).fetchone()
+        if known is not None:
+            return False
         self._db.execute(
             "INSERT INTO checkpoints (id, job_id, created_at, step, model, metrics)"
             " VALUES (?,?,?,?,?,?)",
@@ -130,13 +136,17 @@ class JobStore:
                 json.dumps(metrics),
             ),
         )
+        return True
+
+    def remove_checkpoint(self, checkpoint_id: str) -> None:
+        self._db.execute("DELETE FROM checkpoints WHERE id = ?", (checkpoint_id,))
 
     def checkpoints(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
         return self._job_page("checkpoints", _checkpoint, job_id, after, limit)
 
     def all_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT * FROM checkpoints WHERE job_id = ? ORDER BY seq", (job_id,)
+            "SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step, seq", (job_id,)
         ).fetchall()
         return [_checkpoint(r) for r in rows]
 

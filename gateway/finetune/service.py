@@ -1,11 +1,14 @@
 """Fine-tuning jobs from request to servable adapter.
 
     create → validating_files (data checks, in a thread) → queued → running
-    (a trainer subprocess, one job at a time) → succeeded (adapter registered
-    and loaded, samples and results file stored) | failed | cancelled
+    (a trainer in a slot; see ``training``) → succeeded (adapter registered
+    and loaded, samples and results file stored) | failed | cancelled;
+    running ⇄ paused on request.
 
-After a gateway restart, a job that was running is failed with code
-``server_restarted``; queued and validating jobs carry on.
+This module holds the API and the work before and after training; the queue
+and the slots are ``scheduler``, one trainer run is ``training``, checkpoint
+models are ``checkpoint_models``. After a gateway restart, a job that was
+running resumes from its last checkpoint; queued and validating jobs carry on.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import functools
 import io
 import json
 import logging
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -28,11 +30,15 @@ from adapters.registry import RegisterRequest
 from gateway.adapter_service import AdapterService
 from gateway.catalog import ModelCatalog
 from gateway.errors import InvalidRequestError, TunegateError
+from gateway.finetune.checkpoint_models import CheckpointModels
 from gateway.finetune.files import FileStore
 from gateway.finetune.jobs_store import TERMINAL, JobStore, new_job_id, public
 from gateway.finetune.merges import MergeService, check_quantization
 from gateway.finetune.protocol import CreateJobRequest
-from gateway.finetune.trainer_process import TrainerProcess
+from gateway.finetune.scheduler import SlotScheduler
+from gateway.finetune.slots import slots_from_settings
+from gateway.finetune.trainer_process import TRAINER_MODULE, clear_pause
+from gateway.finetune.training import TrainingRunner
 from gateway.forwarding import Forwarder
 from gateway.process_guard import ProcessGuard
 from gateway.protocol import ChatCompletionRequest
@@ -50,7 +56,6 @@ log = logging.getLogger(__name__)
 
 ORGANIZATION = "org-local"
 _SAMPLE_COUNT = 3
-_PATHS = re.compile(r"(/[^\s'\"]+)+")
 
 
 class FineTuningService:
@@ -65,9 +70,9 @@ class FineTuningService:
         base_dirs: dict[str, Path],
         merges: MergeService,
         guard: ProcessGuard,
+        trainer_module: str = TRAINER_MODULE,
     ) -> None:
         self._settings = settings
-        self._guard = guard
         self.store = store
         self.files = files
         self._adapters = adapters
@@ -75,31 +80,42 @@ class FineTuningService:
         self._forwarder = forwarder
         self._base_dirs = base_dirs
         self._merges = merges
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
         self._validations: set[asyncio.Task[None]] = set()
-        self._current: tuple[str, TrainerProcess] | None = None
         self._cancelling: set[str] = set()
+        self.checkpoint_models = CheckpointModels(
+            adapters, store, settings.runs_dir, settings.finetune_checkpoint_models
+        )
+        self.runner = TrainingRunner(
+            settings,
+            store,
+            files,
+            self.checkpoint_models,
+            guard,
+            succeed=self._succeed,
+            fail=self._fail,
+            trainer_module=trainer_module,
+        )
+        self.scheduler = SlotScheduler(
+            slots_from_settings(settings), self.runner.run, self._tell_place
+        )
 
     # --- lifecycle ------------------------------------------------------------
     def start(self) -> None:
+        """Carry on where the last gateway stopped, then start training."""
         for job in self.store.with_status("running"):
-            self._fail(
-                job["id"],
-                "server_restarted",
-                "The gateway restarted while this job was running; create it again.",
-            )
+            if self.runner.recover(job):
+                self.scheduler.submit(job["id"])
+        for job in sorted(self.store.with_status("queued"), key=lambda j: j.get("_queued_at", 0)):
+            self.scheduler.submit(job["id"])
         for job in self.store.with_status("validating_files"):
             self._spawn_validation(job["id"])
-        for job in self.store.with_status("queued"):
-            self._queue.put_nowait(job["id"])
-        self._worker = asyncio.create_task(self._work(), name="fine-tuning-worker")
+        self.scheduler.start()
 
     async def stop(self) -> None:
-        for task in [*self._validations, *([self._worker] if self._worker else [])]:
+        for task in self._validations:
             task.cancel()
-        if self._current is not None:
-            await self._current[1].terminate()
+        await self.runner.stop()
+        await self.scheduler.stop()
 
     # --- API --------------------------------------------------------------------
     def create(self, request: CreateJobRequest) -> dict[str, Any]:
@@ -161,11 +177,59 @@ class FineTuningService:
                 code="job_finished",
             )
         self._cancelling.add(job_id)
-        if self._current is not None and self._current[0] == job_id:
-            await self._current[1].terminate()
+        self.scheduler.withdraw(job_id)
+        await self.runner.cancel(job_id)
         self._finish_as(job_id, "cancelled")
+        # A cancelled job leaves nothing servable behind.
+        await self.checkpoint_models.remove_all(job_id)
         self.store.add_event(job_id, "Fine-tuning job cancelled.")
         return self.get(job_id)
+
+    def pause(self, job_id: str) -> dict[str, Any]:
+        """A queued job stops waiting; a running one saves a checkpoint after its current step
+        and stops (then it is ``paused``); its slot goes to the next job."""
+        job = self.store.get(job_id)
+        if job["status"] not in ("queued", "running"):
+            raise InvalidRequestError(
+                f"Only a queued or running job can be paused; this one is {job['status']}.",
+                param="fine_tuning_job_id",
+                code="job_not_pausable",
+            )
+        if self.scheduler.withdraw(job_id):
+            self.store.update(job_id, status="paused", estimated_finish=None)
+            self.store.add_event(job_id, "Fine-tuning job paused before it started training.")
+        elif not job.get("_pause_requested"):
+            self.runner.request_pause(job_id)
+            self.store.add_event(
+                job_id,
+                "Pause requested: the trainer saves a checkpoint after its current step, "
+                "then the job is paused.",
+            )
+        return self.get(job_id)
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        """A paused job queues again, and continues from the checkpoint it paused at."""
+        job = self.store.get(job_id)
+        if job["status"] != "paused":
+            raise InvalidRequestError(
+                f"Only a paused job can be resumed; this one is {job['status']}.",
+                param="fine_tuning_job_id",
+                code="job_not_paused",
+            )
+        clear_pause(self._settings.runs_dir / job_id)
+        self.store.update(job_id, status="queued", _queued_at=time.time())
+        self.store.add_event(job_id, "Fine-tuning job resumed: queued to continue training.")
+        self.scheduler.submit(job_id)
+        return self.get(job_id)
+
+    def _tell_place(self, job_id: str, place: int, busy: int) -> None:
+        slots = len(self.scheduler.slots)
+        self.store.add_event(
+            job_id,
+            f"Waiting for a trainer slot: number {place} in the queue "
+            f"({busy} of {slots} slot{'s' if slots != 1 else ''} busy).",
+            data={"queue_position": place},
+        )
 
     # --- validation -----------------------------------------------------------
     def _spawn_validation(self, job_id: str) -> None:
@@ -202,6 +266,7 @@ class FineTuningService:
         self.store.update(
             job_id,
             status="queued",
+            _queued_at=time.time(),
             hyperparameters=view,
             method={"type": "supervised", "supervised": {"hyperparameters": view}},
             _plan={"train": len(train), "valid": len(valid)},
@@ -212,7 +277,7 @@ class FineTuningService:
             f"Plan: {plan.n_epochs} epochs, batch size {plan.batch_size}, "
             f"learning rate {plan.learning_rate:g}, LoRA rank {plan.lora_rank}.",
         )
-        self._queue.put_nowait(job_id)
+        self.scheduler.submit(job_id)
 
     async def _check_file(
         self, job: dict[str, Any], file_id: str, param: str
@@ -254,110 +319,7 @@ class FineTuningService:
         }
         (run_dir / "job.json").write_text(json.dumps(spec, indent=2))
 
-    # --- training -------------------------------------------------------------
-    async def _work(self) -> None:
-        while True:
-            job_id = await self._queue.get()
-            if self.store.get(job_id)["status"] != "queued":
-                continue
-            try:
-                await self._train(job_id)
-            except Exception:
-                log.exception("fine-tuning job %s failed unexpectedly", job_id)
-                if self.store.get(job_id)["status"] not in TERMINAL:
-                    self._fail(job_id, "internal_error", "The job failed unexpectedly.")
-
-    async def _train(self, job_id: str) -> None:
-        run_dir = self._settings.runs_dir / job_id
-        self.store.update(job_id, status="running")
-        self.store.add_event(job_id, "Fine-tuning job started.")
-        trainer = TrainerProcess(run_dir, self._guard)
-        await trainer.start()
-        self._current = (job_id, trainer)
-        outcome: dict[str, Any] = {"metrics": []}
-        try:
-            async for event in trainer.events():
-                handler = self._event_handlers().get(event["type"])
-                if handler is not None:
-                    handler(job_id, event, outcome)
-            returncode = await trainer.wait()
-        finally:
-            self._current = None
-        if job_id in self._cancelling:
-            return
-        result = outcome.get("result")
-        if returncode != 0 or result is None:
-            message = _without_paths(
-                outcome.get("error") or f"The trainer exited with status {returncode}."
-            )
-            self._fail(job_id, "training_failed", f"Training failed: {message}")
-            return
-        await self._succeed(job_id, result, outcome["metrics"])
-
-    def _event_handlers(self) -> dict[str, Callable[[str, dict[str, Any], dict[str, Any]], None]]:
-        return {
-            "progress": self._on_progress,
-            "checkpoint": self._on_checkpoint,
-            "warning": lambda job_id, e, _: self.store.add_event(
-                job_id, e["message"], level="warn"
-            ),
-            "error": lambda job_id, e, outcome: outcome.__setitem__("error", e.get("message")),
-            "result": lambda job_id, e, outcome: outcome.__setitem__("result", e),
-        }
-
-    def _on_progress(self, job_id: str, event: dict[str, Any], outcome: dict[str, Any]) -> None:
-        data = {
-            k: event.get(k)
-            for k in (
-                "step",
-                "total_steps",
-                "epoch",
-                "train_loss",
-                "train_mean_token_accuracy",
-                "tokens_per_s",
-                "eta_s",
-            )
-        }
-        outcome["metrics"].append(data)
-        eta = event.get("eta_s")
-        self.store.add_event(
-            job_id,
-            f"Step {event['step']}/{event['total_steps']}: training loss={event['train_loss']:.4f}",
-            data=data,
-            kind="metrics",
-        )
-        if eta is not None:
-            self.store.update(job_id, estimated_finish=int(time.time() + eta))
-
-    def _on_checkpoint(self, job_id: str, event: dict[str, Any], outcome: dict[str, Any]) -> None:
-        job = self.store.get(job_id)
-        model = (
-            str(make_adapter_id(job["model"], job["_suffix"], job_id))
-            + f":ckpt-step-{event['step']}"
-        )
-        metrics = {
-            "step": float(event["step"]),
-            "train_loss": event.get("train_loss"),
-            "train_mean_token_accuracy": event.get("train_mean_token_accuracy"),
-            "valid_loss": event.get("valid_loss"),
-            "valid_mean_token_accuracy": event.get("valid_mean_token_accuracy"),
-            "full_valid_loss": event.get("valid_loss"),
-            "full_valid_mean_token_accuracy": event.get("valid_mean_token_accuracy"),
-        }
-        self.store.add_checkpoint(job_id, int(event["step"]), model, metrics)
-        valid = event.get("valid_loss")
-        self.store.add_event(
-            job_id,
-            f"Checkpoint at step {event['step']} (epoch {event.get('epoch')}): "
-            f"train loss {_fmt(event.get('train_loss'))}, valid loss {_fmt(valid)}",
-            data=metrics,
-        )
-        for row in reversed(outcome["metrics"]):
-            if row["step"] == event["step"]:
-                row["valid_loss"] = valid
-                row["valid_mean_token_accuracy"] = event.get("valid_mean_token_accuracy")
-                break
-
+    # --- after training --------------------------------------------------------
     async def _succeed(
         self, job_id: str, result: dict[str, Any], metrics: list[dict[str, Any]]
     ) -> None:
@@ -521,11 +483,3 @@ def _export_quantization(item: str) -> str:
             '\'export\' items are "gguf" or "gguf:<quantization>".', param="export"
         )
     return check_quantization(quantization or "q8_0")
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def _without_paths(message: str) -> str:
-    return _PATHS.sub("<path>", message)[:500]

@@ -38,6 +38,16 @@ async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     return await runtime_of(request).fine_tuning.cancel(job_id)
 
 
+@router.post("/v1/fine_tuning/jobs/{job_id}/pause")
+async def pause_job(job_id: str, request: Request) -> dict[str, Any]:
+    return runtime_of(request).fine_tuning.pause(job_id)
+
+
+@router.post("/v1/fine_tuning/jobs/{job_id}/resume")
+async def resume_job(job_id: str, request: Request) -> dict[str, Any]:
+    return runtime_of(request).fine_tuning.resume(job_id)
+
+
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")
 async def list_events(
     job_id: str, request: Request, after: str | None = None, limit: int = 20

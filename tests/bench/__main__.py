@@ -1,6 +1,6 @@
 """``make bench``: every benchmark, one table, one JSON file.
 
-python -m tests.bench [--suite overhead|engines|adapters|tuner|llamacpp|all] [--quick] [--out FILE]
+python -m tests.bench [--suite overhead|engines|...|fleet|training|all] [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from tests.bench.fleet import fleet
 from tests.bench.llamacpp_server import llamacpp_server
 from tests.bench.suites import Row, adapters, gateway_overhead, real_engines, tuner
+from tests.bench.training import training
 
 
 def render(rows: list[Row]) -> str:
@@ -67,6 +68,8 @@ async def run(suite: str, quick: bool) -> list[Row]:
         rows += await llamacpp_server(quick)
     if suite in ("fleet", "all"):
         rows += await fleet(quick)
+    if suite in ("training", "all"):
+        rows += await training(quick)
     return rows
 
 
@@ -74,7 +77,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument(
         "--suite",
-        choices=("overhead", "engines", "adapters", "tuner", "llamacpp", "fleet", "all"),
+        choices=(
+            "overhead",
+            "engines",
+            "adapters",
+            "tuner",
+            "llamacpp",
+            "fleet",
+            "training",
+            "all",
+        ),
         default="all",
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")

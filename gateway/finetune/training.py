@@ -1,0 +1,332 @@
+"""One run of a job's trainer in a slot, what it says, and what happens when it stops.
+
+    queued → running ─┬─ result ──────────────→ (registration) → succeeded
+                      ├─ paused (on request) ──→ paused ─(resume)→ queued
+                      ├─ error (an exception) ─→ failed
+                      └─ died, or the gateway ─→ queued again, to resume from
+                         restarted                its last checkpoint (at most
+                                                  finetune_max_auto_resumes
+                                                  times; then failed)
+
+A trainer's run is resumable because the trainer checkpoints each epoch with
+its optimizer, scheduler and RNG state, and resumes from the last checkpoint
+it sealed itself. A gateway that is stopped cleanly stops its trainers and
+resumes them when it starts again without counting that as an interruption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import TunegateError
+from gateway.finetune.checkpoint_models import CheckpointModels, checkpoint_model_id
+from gateway.finetune.files import FileStore
+from gateway.finetune.jobs_store import JobStore
+from gateway.finetune.slots import TrainerSlot
+from gateway.finetune.trainer_process import (
+    TRAINER_MODULE,
+    TrainerProcess,
+    clear_pause,
+    request_pause,
+    trainer_command,
+)
+from gateway.process_guard import ProcessGuard
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_PATHS = re.compile(r"(/[^\s'\"]+)+")
+_PROGRESS_FIELDS = (
+    "step",
+    "total_steps",
+    "epoch",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "tokens_per_s",
+    "eta_s",
+)
+
+# (job id, the trainer's result event, the step metrics of the whole job)
+Succeed = Callable[[str, dict[str, Any], list[dict[str, Any]]], Awaitable[None]]
+Fail = Callable[[str, str, str], None]
+
+
+@dataclass
+class _Run:
+    """What one trainer run has said so far."""
+
+    again: bool  # an earlier run of the job was interrupted
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    paused_at: int | None = None
+    resumed_from: int | None = None
+    told_restart: bool = False
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TrainingRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        files: FileStore,
+        checkpoints: CheckpointModels,
+        guard: ProcessGuard,
+        succeed: Succeed,
+        fail: Fail,
+        trainer_module: str = TRAINER_MODULE,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._files = files
+        self._checkpoints = checkpoints
+        self._guard = guard
+        self._succeed = succeed
+        self._fail = fail
+        self.trainer_module = trainer_module  # tests run a stand-in
+        self._trainers: dict[str, TrainerProcess] = {}
+        self._cancelling: set[str] = set()
+        self._stopping = False
+
+    # --- one run ----------------------------------------------------------------
+    async def run(self, job_id: str, slot: TrainerSlot) -> bool:
+        """Train ``job_id`` in ``slot`` until its trainer stops; True: queue it again."""
+        job = self._store.get(job_id)
+        if job["status"] != "queued":
+            return False
+        run_dir = self._run_dir(job_id)
+        runs = int(job.get("_runs", 0)) + 1
+        self._store.update(job_id, status="running", _runs=runs, _stopped_by_shutdown=False)
+        if not job.get("_pause_requested"):
+            clear_pause(run_dir)
+        self._store.add_event(
+            job_id,
+            f"Fine-tuning job started on {slot.describe()}."
+            if runs == 1
+            else f"Fine-tuning job running again on {slot.describe()}.",
+            data={"slot": slot.index, "processes": slot.processes},
+        )
+        command = trainer_command(
+            run_dir, slot, self._settings.tuner_accelerate_config, self.trainer_module
+        )
+        trainer = TrainerProcess(run_dir, command, self._guard)
+        state = _Run(again=runs > 1)
+        self._trainers[job_id] = trainer
+        try:
+            await trainer.start()
+            async for event in trainer.events():
+                handler = self._handlers().get(event["type"])
+                if handler is not None:
+                    await handler(job_id, event, state)
+            returncode = await trainer.wait()
+        finally:
+            self._trainers.pop(job_id, None)
+        return await self._after_run(job_id, state, returncode)
+
+    async def _after_run(self, job_id: str, state: _Run, returncode: int) -> bool:
+        if job_id in self._cancelling or self._stopping:
+            return False  # cancel has recorded it; a stopping gateway resumes it next time
+        if state.result is not None and returncode == 0:
+            self._store.update(job_id, _pause_requested=False)
+            await self._succeed(job_id, state.result, self.step_metrics(job_id))
+            return False
+        if state.paused_at is not None and returncode == 0:
+            self._store.update(
+                job_id, status="paused", _pause_requested=False, estimated_finish=None
+            )
+            self._store.add_event(
+                job_id,
+                f"Fine-tuning job paused at step {state.paused_at}, with a checkpoint saved; "
+                "resume it to continue from there.",
+                data={"step": state.paused_at},
+            )
+            return False
+        if state.error is not None:
+            message = _without_paths(state.error)
+            self._fail(job_id, "training_failed", f"Training failed: {message}")
+            return False
+        return self.after_interruption(job_id, f"the trainer stopped (exit status {returncode})")
+
+    def recover(self, job: dict[str, Any]) -> bool:
+        """At start: a job that was running when the last gateway stopped; True: queue it."""
+        job_id = job["id"]
+        if job.get("_pause_requested"):
+            self._store.update(job_id, status="paused", _pause_requested=False)
+            self._store.add_event(
+                job_id,
+                "The gateway stopped while this job was pausing: it is paused at its last "
+                "checkpoint; resume it to continue.",
+            )
+            return False
+        if job.get("_stopped_by_shutdown"):
+            self._store.update(job_id, status="queued", _stopped_by_shutdown=False)
+            self._store.add_event(
+                job_id,
+                "The gateway was stopped while this job was running; it resumes from its last "
+                "checkpoint.",
+            )
+            return True
+        return self.after_interruption(job_id, "the gateway restarted")
+
+    def after_interruption(self, job_id: str, reason: str) -> bool:
+        """Queue an interrupted job again, or fail it past the bound; True: queued."""
+        job = self._store.get(job_id)
+        resumes = int(job.get("_auto_resumes", 0)) + 1
+        limit = self._settings.finetune_max_auto_resumes
+        if resumes > limit:
+            self._fail(
+                job_id,
+                "too_many_interruptions",
+                f"Training was interrupted ({reason}) after {limit} automatic "
+                f"resume{'s' if limit != 1 else ''}, the limit (setting "
+                "finetune_max_auto_resumes): the job stops here. Its checkpoints stay servable.",
+            )
+            return False
+        self._store.update(job_id, status="queued", _auto_resumes=resumes, estimated_finish=None)
+        self._store.add_event(
+            job_id,
+            f"Training was interrupted ({reason}); it resumes from its last checkpoint "
+            f"(automatic resume {resumes} of {limit}).",
+            level="warn",
+            data={"auto_resumes": resumes},
+        )
+        return True
+
+    # --- control ----------------------------------------------------------------
+    def request_pause(self, job_id: str) -> None:
+        """The trainer saves a checkpoint after its current step and stops."""
+        self._store.update(job_id, _pause_requested=True)
+        request_pause(self._run_dir(job_id))
+
+    async def cancel(self, job_id: str) -> None:
+        self._cancelling.add(job_id)
+        trainer = self._trainers.get(job_id)
+        if trainer is not None:
+            await trainer.terminate()
+
+    async def stop(self) -> None:
+        """The gateway is stopping: stop every trainer; each job resumes at the next start."""
+        self._stopping = True
+        for job_id in self._trainers:
+            self._store.update(job_id, _stopped_by_shutdown=True)
+        await asyncio.gather(*(t.terminate() for t in list(self._trainers.values())))
+
+    def is_training(self, job_id: str) -> bool:
+        return job_id in self._trainers
+
+    # --- events -----------------------------------------------------------------
+    def _handlers(self) -> dict[str, Callable[[str, dict[str, Any], _Run], Awaitable[None]]]:
+        return {
+            "progress": self._on_progress,
+            "checkpoint": self._on_checkpoint,
+            "resumed": self._on_resumed,
+            "paused": self._on_paused,
+            "warning": self._on_warning,
+            "error": self._on_error,
+            "result": self._on_result,
+        }
+
+    async def _on_progress(self, job_id: str, event: dict[str, Any], state: _Run) -> None:
+        if state.again and state.resumed_from is None and not state.told_restart:
+            state.told_restart = True
+            self._store.add_event(
+                job_id, "No checkpoint had been saved yet: training started again from step 0."
+            )
+        data = {key: event.get(key) for key in _PROGRESS_FIELDS}
+        state.metrics.append(data)
+        self._store.add_event(
+            job_id,
+            f"Step {event['step']}/{event['total_steps']}: training loss={event['train_loss']:.4f}",
+            data=data,
+            kind="metrics",
+        )
+        eta = event.get("eta_s")
+        if eta is not None:
+            self._store.update(job_id, estimated_finish=int(time.time() + eta))
+
+    async def _on_checkpoint(self, job_id: str, event: dict[str, Any], state: _Run) -> None:
+        job = self._store.get(job_id)
+        step = int(event["step"])
+        model = checkpoint_model_id(job, step)
+        valid = event.get("valid_loss")
+        metrics = {
+            "step": float(step),
+            "train_loss": event.get("train_loss"),
+            "train_mean_token_accuracy": event.get("train_mean_token_accuracy"),
+            "valid_loss": valid,
+            "valid_mean_token_accuracy": event.get("valid_mean_token_accuracy"),
+            "full_valid_loss": valid,
+            "full_valid_mean_token_accuracy": event.get("valid_mean_token_accuracy"),
+        }
+        if not self._store.add_checkpoint(job_id, step, model, metrics):
+            return  # saved again by a resumed run: announced already
+        problem = await self._checkpoints.register(
+            job, step, event.get("adapter_dir"), self._dataset_sha256(job)
+        )
+        served = f"served as {model}" if problem is None else f"not servable: {problem}"
+        self._store.add_event(
+            job_id,
+            f"Checkpoint at step {step} (epoch {event.get('epoch')}): train loss "
+            f"{_fmt(event.get('train_loss'))}, valid loss {_fmt(valid)}; {served}",
+            data={**metrics, "checkpoint": model},
+        )
+        await self._checkpoints.keep_newest(job_id)
+
+    async def _on_resumed(self, job_id: str, event: dict[str, Any], state: _Run) -> None:
+        state.resumed_from = int(event["step"])
+        self._store.add_event(
+            job_id,
+            f"Resumed from step {state.resumed_from}, from its checkpoint.",
+            data={"resumed_from_step": state.resumed_from},
+        )
+
+    async def _on_paused(self, job_id: str, event: dict[str, Any], state: _Run) -> None:
+        state.paused_at = int(event["step"])
+
+    async def _on_warning(self, job_id: str, event: dict[str, Any], state: _Run) -> None:
+        self._store.add_event(job_id, event["message"], level="warn")
+
+    async def _on_error(self, job_id: str, event: dict[str, Any], state: _Run) -> None:
+        state.error = str(event.get("message"))
+
+    async def _on_result(self, job_id: str, event: dict[str, Any], state: _Run) -> None:
+        state.result = event
+
+    # --- helpers ----------------------------------------------------------------
+    def step_metrics(self, job_id: str) -> list[dict[str, Any]]:
+        """Every step's metrics over all runs of the job (a step run again: its last values)."""
+        rows: dict[float, dict[str, Any]] = {}
+        for _, event in self._store.events_since(job_id, 0):
+            data = event.get("data") or {}
+            if event["type"] == "metrics" and "step" in data:
+                rows[float(data["step"])] = dict(data)
+            elif "checkpoint" in data and float(data["step"]) in rows:
+                rows[float(data["step"])]["valid_loss"] = data.get("valid_loss")
+                rows[float(data["step"])]["valid_mean_token_accuracy"] = data.get(
+                    "valid_mean_token_accuracy"
+                )
+        return [rows[step] for step in sorted(rows)]
+
+    def _dataset_sha256(self, job: dict[str, Any]) -> str | None:
+        try:
+            return self._files.sha256(job["training_file"])
+        except TunegateError:
+            return None  # the file was deleted since; the lineage keeps the job id
+
+    def _run_dir(self, job_id: str) -> Path:
+        return self._settings.runs_dir / job_id
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _without_paths(message: str) -> str:
+    return _PATHS.sub("<path>", message)[:500]
