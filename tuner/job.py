@@ -2,20 +2,26 @@
 
     python -m tuner.job RUN_DIR
 
-``RUN_DIR/job.json`` says what to train (written by the gateway); the cleaned
-``train.jsonl`` and optional ``valid.jsonl`` lie beside it. Progress goes to
-the gateway as JSON lines on stdout, each one event:
+``RUN_DIR/job.json`` says what to train (written by the gateway): the method,
+its hyperparameters, and optionally an adapter to continue from; the cleaned
+``train.jsonl`` and optional ``valid.jsonl`` lie beside it. One run loop
+serves every method: load the model (the base, or the base with the adapter
+to continue), build the method's TRL trainer from the ``METHODS`` table,
+train, save the adapter, report. Progress goes to the gateway as JSON lines
+on stdout, each one event:
 
-    {"type": "progress", "step", "total_steps", "epoch", "train_loss", "tokens_per_s", "eta_s"}
-    {"type": "checkpoint", "step", "epoch", "train_loss", "train_mean_token_accuracy",
-     "valid_loss", "valid_mean_token_accuracy"}
+    {"type": "progress", "step", "total_steps", "epoch", "train_loss", "tokens_per_s", "eta_s",
+     ...the method's train metrics}
+    {"type": "checkpoint", "step", "epoch", "train_loss", "valid_loss",
+     ...the method's train and valid metrics}
     {"type": "warning", "message"}
     {"type": "result", "adapter_dir", "steps", "trained_tokens", "train_loss", "valid_loss",
      "train_seconds"}
 
-Everything the libraries print goes to stderr (the run's log). The adapter
-saved is the checkpoint with the lowest validation loss when there is
-validation data, else the last one.
+The method's metrics are those in ``TRAIN_METRICS`` and ``VALID_METRICS``
+that its trainer logs. Everything the libraries print goes to stderr (the
+run's log). The adapter saved is the checkpoint with the lowest validation
+loss when there is validation data, else the last one.
 """
 
 from __future__ import annotations
@@ -24,11 +30,26 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tuner.examples import to_training_rows
+from tuner.methods import TrainerSetup, TrainingMethod
+from tuner.sft import SUPERVISED
+
+METHODS: dict[str, TrainingMethod] = {"supervised": SUPERVISED}
+
+# Trainer log key -> event field. A method's trainer logs some of them; the others stay out.
+TRAIN_METRICS = {
+    "mean_token_accuracy": "train_mean_token_accuracy",
+    "rewards/accuracies": "train_reward_accuracy",
+    "rewards/margins": "train_reward_margin",
+}
+VALID_METRICS = {
+    "eval_mean_token_accuracy": "valid_mean_token_accuracy",
+    "eval_rewards/accuracies": "valid_reward_accuracy",
+    "eval_rewards/margins": "valid_reward_margin",
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +70,10 @@ class JobSpec:
     seed: int
     lora: LoraOptions
     max_length: int
+    method: str = "supervised"
+    method_options: dict[str, Any] = field(default_factory=dict)  # e.g. DPO's beta
+    # An adapter (PEFT folder) whose weights the new adapter starts from; None: a fresh LoRA.
+    start_adapter: Path | None = None
 
     @property
     def train_file(self) -> Path:
@@ -66,6 +91,7 @@ class JobSpec:
     def from_run_dir(cls, run_dir: Path) -> JobSpec:
         data = json.loads((run_dir / "job.json").read_text())
         lora = data["lora"]
+        start = data.get("start_adapter")
         return cls(
             base_dir=Path(data["base_dir"]),
             run_dir=run_dir,
@@ -75,6 +101,9 @@ class JobSpec:
             seed=data["seed"],
             lora=LoraOptions(lora["rank"], lora["alpha"], 0.0, lora["target_modules"]),
             max_length=data["max_length"],
+            method=data.get("method", "supervised"),
+            method_options=data.get("method_options", {}),
+            start_adapter=Path(start) if start else None,
         )
 
 
@@ -89,11 +118,15 @@ class EventSink:
         self._stream.flush()
 
 
-def _load_rows(path: Path) -> list[dict[str, Any]]:
+def _load_rows(path: Path, method: TrainingMethod) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with path.open(encoding="utf-8") as lines:
-        return [row for line in lines if line.strip() for row in to_training_rows(json.loads(line))]
+        return [row for line in lines if line.strip() for row in method.to_rows(json.loads(line))]
+
+
+def _pick(logs: dict[str, Any], names: dict[str, str]) -> dict[str, float]:
+    return {field: float(logs[key]) for key, field in names.items() if logs.get(key) is not None}
 
 
 def make_callback(events: EventSink):  # the transformers import stays inside run()
@@ -105,8 +138,7 @@ def make_callback(events: EventSink):  # the transformers import stays inside ru
         def __init__(self) -> None:
             self.started = time.monotonic()
             self.train_loss: float | None = None
-            self.train_accuracy: float | None = None
-            self.best_valid: float | None = None
+            self.train_metrics: dict[str, float] = {}
             self.previous: tuple[float, float] | None = None  # (train, valid) at last eval
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
@@ -114,7 +146,7 @@ def make_callback(events: EventSink):  # the transformers import stays inside ru
             if "loss" not in logs:
                 return
             self.train_loss = float(logs["loss"])
-            self.train_accuracy = _maybe_float(logs.get("mean_token_accuracy"))
+            self.train_metrics = _pick(logs, TRAIN_METRICS)
             elapsed = time.monotonic() - self.started
             tokens = float(logs.get("num_tokens", 0.0))
             remaining = max(0, state.max_steps - state.global_step)
@@ -124,7 +156,7 @@ def make_callback(events: EventSink):  # the transformers import stays inside ru
                 total_steps=state.max_steps,
                 epoch=round(float(state.epoch or 0), 3),
                 train_loss=self.train_loss,
-                train_mean_token_accuracy=self.train_accuracy,
+                **self.train_metrics,
                 tokens_per_s=round(tokens / elapsed, 1) if elapsed > 0 else None,
                 eta_s=round(elapsed / max(1, state.global_step) * remaining, 1),
             )
@@ -132,7 +164,7 @@ def make_callback(events: EventSink):  # the transformers import stays inside ru
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # type: ignore[no-untyped-def]
             metrics = metrics or {}
             valid = _maybe_float(metrics.get("eval_loss"))
-            self._checkpoint(state, valid, _maybe_float(metrics.get("eval_mean_token_accuracy")))
+            self._checkpoint(state, valid, _pick(metrics, VALID_METRICS))
             if valid is None or self.train_loss is None:
                 return
             if self.previous and valid > self.previous[1] and self.train_loss < self.previous[0]:
@@ -148,17 +180,17 @@ def make_callback(events: EventSink):  # the transformers import stays inside ru
 
         def on_epoch_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             if args.eval_strategy == "no":
-                self._checkpoint(state, None, None)
+                self._checkpoint(state, None, {})
 
-        def _checkpoint(self, state, valid: float | None, valid_accuracy: float | None) -> None:  # type: ignore[no-untyped-def]
+        def _checkpoint(self, state, valid: float | None, valid_metrics: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
             events.emit(
                 "checkpoint",
                 step=state.global_step,
                 epoch=round(float(state.epoch or 0), 3),
                 train_loss=self.train_loss,
-                train_mean_token_accuracy=self.train_accuracy,
+                **self.train_metrics,
                 valid_loss=valid,
-                valid_mean_token_accuracy=valid_accuracy,
+                **valid_metrics,
             )
 
     return ProgressCallback()
@@ -168,48 +200,43 @@ def _maybe_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def run(spec: JobSpec, events: EventSink) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def shared_arguments(spec: JobSpec, has_valid: bool, train_rows: int) -> dict[str, Any]:
+    """The training arguments every method uses: schedule, logging, eval and best checkpoint."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
-    torch.manual_seed(spec.seed)
-    train_rows, valid_rows = _load_rows(spec.train_file), _load_rows(spec.valid_file)
-    has_valid = bool(valid_rows)
-    tokenizer = AutoTokenizer.from_pretrained(spec.base_dir)
+    return {
+        "output_dir": str(spec.run_dir / "checkpoints"),
+        "num_train_epochs": spec.n_epochs,
+        "per_device_train_batch_size": spec.batch_size,
+        "per_device_eval_batch_size": spec.batch_size,
+        "learning_rate": spec.learning_rate,
+        "lr_scheduler_type": "constant_with_warmup",
+        "warmup_steps": min(5, max(1, train_rows // spec.batch_size)),
+        "logging_steps": 1,
+        "eval_strategy": "epoch" if has_valid else "no",
+        "save_strategy": "epoch" if has_valid else "no",
+        "save_only_model": True,
+        "save_total_limit": 2 if has_valid else None,
+        "load_best_model_at_end": has_valid,
+        "metric_for_best_model": "eval_loss" if has_valid else None,
+        "greater_is_better": False if has_valid else None,
+        "report_to": [],
+        "seed": spec.seed,
+        "data_seed": spec.seed,
+        "use_cpu": not torch.cuda.is_available(),
+        "disable_tqdm": True,
+    }
+
+
+def load_model(spec: JobSpec) -> tuple[Any, Any | None]:
+    """The base in fp32, plus either a new LoRA's config or the adapter to continue (trainable)."""
+    import torch
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(spec.base_dir, dtype=torch.float32)
-    args = SFTConfig(
-        output_dir=str(spec.run_dir / "checkpoints"),
-        num_train_epochs=spec.n_epochs,
-        per_device_train_batch_size=spec.batch_size,
-        per_device_eval_batch_size=spec.batch_size,
-        learning_rate=spec.learning_rate,
-        lr_scheduler_type="constant_with_warmup",
-        warmup_steps=min(5, max(1, len(train_rows) // spec.batch_size)),
-        logging_steps=1,
-        eval_strategy="epoch" if has_valid else "no",
-        save_strategy="epoch" if has_valid else "no",
-        save_only_model=True,
-        save_total_limit=2 if has_valid else None,
-        load_best_model_at_end=has_valid,
-        metric_for_best_model="eval_loss" if has_valid else None,
-        greater_is_better=False if has_valid else None,
-        report_to=[],
-        seed=spec.seed,
-        data_seed=spec.seed,
-        # Lengths were checked against max_length before training; padding-free
-        # batches do not truncate (TRL asks for None to say so).
-        max_length=None,
-        use_cpu=not torch.cuda.is_available(),
-        completion_only_loss=True,  # loss on the assistant's answer only
-        # No padding: a batch is its examples' tokens end to end, kept apart by position_ids
-        # (transformers builds a block-diagonal mask for them), so no compute goes to pad tokens.
-        padding_free=True,
-        disable_tqdm=True,
-    )
+    if spec.start_adapter is not None:
+        return PeftModel.from_pretrained(model, spec.start_adapter, is_trainable=True), None
     lora = LoraConfig(
         r=spec.lora.rank,
         lora_alpha=spec.lora.alpha,
@@ -217,26 +244,43 @@ def run(spec: JobSpec, events: EventSink) -> None:
         target_modules=spec.lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(valid_rows) if has_valid else None,
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=[make_callback(events)],
+    return model, lora
+
+
+def run(spec: JobSpec, events: EventSink) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoTokenizer
+
+    method = METHODS[spec.method]
+    torch.manual_seed(spec.seed)
+    train_rows = _load_rows(spec.train_file, method)
+    valid_rows = _load_rows(spec.valid_file, method)
+    model, lora = load_model(spec)
+    trainer = method.build_trainer(
+        TrainerSetup(
+            spec=spec,
+            model=model,
+            tokenizer=AutoTokenizer.from_pretrained(spec.base_dir),
+            train_rows=train_rows,
+            valid_rows=valid_rows,
+            arguments=shared_arguments(spec, bool(valid_rows), len(train_rows)),
+            lora=lora,
+            callbacks=[make_callback(events)],
+        )
     )
     output = trainer.train()
-    trainer.model.save_pretrained(spec.adapter_dir, safe_serialization=True)
-    valid_loss = trainer.state.best_metric if has_valid else None
-    tokens = int(sum(len(ids) for ids in trainer.train_dataset["input_ids"])) * spec.n_epochs
+    # Only the trained adapter: a method may hold others (DPO keeps a frozen reference copy).
+    trainer.model.save_pretrained(
+        spec.adapter_dir, safe_serialization=True, selected_adapters=["default"]
+    )
     events.emit(
         "result",
         adapter_dir=str(spec.adapter_dir),
         steps=output.global_step,
-        trained_tokens=tokens,
+        trained_tokens=method.tokens_per_epoch(trainer) * spec.n_epochs,
         train_loss=float(output.training_loss),
-        valid_loss=valid_loss,
+        valid_loss=trainer.state.best_metric if valid_rows else None,
         train_seconds=float(output.metrics.get("train_runtime", 0.0)),
     )
 
