@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from tuner.dpo import DPO
 from tuner.methods import TrainerSetup, TrainingMethod
 from tuner.sft import SUPERVISED
 
-METHODS: dict[str, TrainingMethod] = {"supervised": SUPERVISED}
+METHODS: dict[str, TrainingMethod] = {"supervised": SUPERVISED, "dpo": DPO}
 
 # Trainer log key -> event field. A method's trainer logs some of them; the others stay out.
 TRAIN_METRICS = {
