@@ -16,7 +16,7 @@ on stdout, each one event:
      ...the method's train and valid metrics}
     {"type": "warning", "message"}
     {"type": "result", "adapter_dir", "steps", "trained_tokens", "train_loss", "valid_loss",
-     "train_seconds"}
+     "train_seconds", "setup_seconds"}
 
 The method's metrics are those in ``TRAIN_METRICS`` and ``VALID_METRICS``
 that its trainer logs. Everything the libraries print goes to stderr (the
@@ -258,11 +258,14 @@ def run(spec: JobSpec, events: EventSink) -> None:
     train_rows = _load_rows(spec.train_file, method)
     valid_rows = _load_rows(spec.valid_file, method)
     model, lora = load_model(spec)
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_dir)
+    # Building a trainer tokenizes the data, and for DPO computes the reference's log-probs.
+    building = time.monotonic()
     trainer = method.build_trainer(
         TrainerSetup(
             spec=spec,
             model=model,
-            tokenizer=AutoTokenizer.from_pretrained(spec.base_dir),
+            tokenizer=tokenizer,
             train_rows=train_rows,
             valid_rows=valid_rows,
             arguments=shared_arguments(spec, bool(valid_rows), len(train_rows)),
@@ -270,6 +273,7 @@ def run(spec: JobSpec, events: EventSink) -> None:
             callbacks=[make_callback(events)],
         )
     )
+    setup_seconds = time.monotonic() - building
     output = trainer.train()
     # Only the trained adapter: a method may hold others (DPO keeps a frozen reference copy).
     trainer.model.save_pretrained(
@@ -283,6 +287,7 @@ def run(spec: JobSpec, events: EventSink) -> None:
         train_loss=float(output.training_loss),
         valid_loss=trainer.state.best_metric if valid_rows else None,
         train_seconds=float(output.metrics.get("train_runtime", 0.0)),
+        setup_seconds=round(setup_seconds, 3),
     )
 
 

@@ -1,6 +1,7 @@
 """``make bench``: every benchmark, one table, one JSON file.
 
-python -m tests.bench [--suite overhead|engines|all] [--quick] [--out FILE]
+python -m tests.bench [--suite overhead|engines|adapters|tuner|dpo|merged|fleet|all]
+                      [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.bench.dpo import dpo
 from tests.bench.fleet import fleet
 from tests.bench.suites import Row, adapters, gateway_overhead, merged, real_engines, tuner
 
@@ -62,6 +64,8 @@ async def run(suite: str, quick: bool) -> list[Row]:
         rows += await adapters(rounds=9 if quick else 18, duration_s=8 if quick else 20)
     if suite in ("tuner", "all"):
         rows += await tuner(quick)
+    if suite in ("dpo", "all"):
+        rows += await dpo(quick)
     if suite in ("merged", "all"):
         rows += await merged(rounds=3 if quick else 5)
     if suite in ("fleet", "all"):
@@ -73,7 +77,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument(
         "--suite",
-        choices=("overhead", "engines", "adapters", "tuner", "merged", "fleet", "all"),
+        choices=("overhead", "engines", "adapters", "tuner", "dpo", "merged", "fleet", "all"),
         default="all",
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
