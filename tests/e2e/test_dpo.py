@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -35,6 +36,8 @@ HELD_OUT = {
     "What do penguins eat?": ("fish", "krill", "penguin", "squid"),
     "How does a compass work?": ("magnet", "north", "compass", "needle"),
 }
+# Two DPO runs of 40 pairs x 3 epochs: about 1.5 min each on 2 idle cores.
+TRAINING_TIMEOUT_S = 1800
 SHAPE = re.compile(r"\s*Short answer: \S.*\nWhy: \S")
 
 
@@ -50,16 +53,19 @@ def loops(text: str) -> bool:
 
 
 def answers(client: openai.OpenAI, model: str) -> dict[str, str]:
-    replies = {}
-    for question in HELD_OUT:
+    """All held-out prompts at once: vLLM batches them."""
+
+    def ask(question: str) -> str:
         reply = client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": question}],
             max_tokens=64,
             temperature=0,
         )
-        replies[question] = reply.choices[0].message.content or ""
-    return replies
+        return reply.choices[0].message.content or ""
+
+    with ThreadPoolExecutor(max_workers=len(HELD_OUT)) as pool:
+        return dict(zip(HELD_OUT, pool.map(ask, HELD_OUT), strict=True))
 
 
 def assert_preferred_shape_without_degenerating(replies: dict[str, str]) -> None:
@@ -81,7 +87,7 @@ def test_dpo_moves_held_out_answers_to_the_preferred_shape(client):
         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto"}}},
     )
     assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == "auto"
-    job = wait_for(client, job.id, FINAL)
+    job = wait_for(client, job.id, FINAL, timeout_s=TRAINING_TIMEOUT_S)
     assert job.status == "succeeded", job.error
     assert job.method.dpo.hyperparameters.beta == 0.1
     assert job.fine_tuned_model == f"ft:{BASE}:local:shortdpo:{job.id}"
@@ -110,10 +116,10 @@ def test_dpo_continues_a_supervised_adapter(client, trained_adapters):
         model=parent,
         training_file=upload(client, PAIRS),
         suffix="ahoydpo",
-        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2}}},
+        method={"type": "dpo"},
     )
     assert job.model == parent
-    job = wait_for(client, job.id, FINAL)
+    job = wait_for(client, job.id, FINAL, timeout_s=TRAINING_TIMEOUT_S)
     assert job.status == "succeeded", job.error
     assert job.fine_tuned_model == f"ft:{BASE}:local:ahoydpo:{job.id}"
     assert job.hyperparameters.model_extra["lora_rank"] == 8  # the parent's LoRA
