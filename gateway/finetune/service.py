@@ -35,7 +35,7 @@ from adapters.registry import RegisterRequest
 from adapters.validation import CONFIG_FILE, WEIGHTS_FILE
 from gateway.adapter_service import AdapterService
 from gateway.catalog import ModelCatalog
-from gateway.errors import InvalidRequestError, TunegateError
+from gateway.errors import InvalidRequestError, ModelNotFoundError, TunegateError
 from gateway.finetune.files import FileStore
 from gateway.finetune.jobs_store import TERMINAL, JobStore, new_job_id, public
 from gateway.finetune.merges import MergeService, check_quantization
@@ -527,6 +527,10 @@ class FineTuningService:
         try:
             parent = self._adapters.get(model)
         except (AdapterNotFoundError, InvalidRequestError):
+            if model.startswith("ft:"):  # an adapter id that names nothing registered
+                raise ModelNotFoundError(
+                    model[:200], f"No adapter '{model[:200]}' is registered here."
+                ) from None
             parent = None
         if parent is not None and parent.base in self._base_dirs:
             return parent.base, parent

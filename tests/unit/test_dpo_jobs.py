@@ -128,7 +128,11 @@ async def test_a_continued_adapter_keeps_its_lora_shape(gateway, imports):
     unknown = await gateway.post(
         "/v1/fine_tuning/jobs", json={"model": "ft:nope", "training_file": file_id}
     )
-    assert assert_openai_error(unknown, 400, "model_not_available")["param"] == "model"
+    assert assert_openai_error(unknown, 404, "model_not_found")["param"] == "model"
+    gguf = await gateway.post(
+        "/v1/fine_tuning/jobs", json={"model": "base-gguf", "training_file": file_id}
+    )
+    assert assert_openai_error(gguf, 400, "model_not_available")["param"] == "model"
 
 
 async def test_fine_tunes_one_call_takes_the_method_and_beta(gateway):
