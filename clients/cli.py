@@ -135,14 +135,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
             "n_epochs": args.epochs,
             "batch_size": args.batch_size,
             "learning_rate_multiplier": args.lr_multiplier,
+            "beta": args.beta,
         }.items()
         if v
     }
+    if "beta" in hyperparameters and args.method != "dpo":
+        raise CliError("--beta is for --method dpo")
     job = client.fine_tuning.jobs.create(
         model=args.model,
         training_file=training.id,
         suffix=args.suffix,
-        hyperparameters=hyperparameters or None,  # type: ignore[arg-type]
+        method={"type": args.method, args.method: {"hyperparameters": hyperparameters}},  # type: ignore[misc,dict-item]
         extra_body={"export": args.export} if args.export else None,
     )
     print(f"job {job.id} created", file=sys.stderr)
@@ -250,13 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--purpose", default="fine-tune")
     upload.set_defaults(func=cmd_files_upload)
 
-    tune = sub.add_parser("tune", help="fine-tune a model on a JSONL chat dataset")
-    tune.add_argument("data", help='JSONL file, one {"messages": [...]} per line')
-    tune.add_argument("--model", required=True, help="base model id")
+    tune = sub.add_parser("tune", help="fine-tune a model on a JSONL dataset")
+    tune.add_argument(
+        "data",
+        help='JSONL file: one {"messages": [...]} per line, or for dpo one preference pair',
+    )
+    tune.add_argument("--model", required=True, help="base model id, or an adapter to continue")
+    tune.add_argument("--method", choices=("supervised", "dpo"), default="supervised")
     tune.add_argument("--suffix")
     tune.add_argument("--epochs", type=int)
     tune.add_argument("--batch-size", type=int)
     tune.add_argument("--lr-multiplier", type=float)
+    tune.add_argument("--beta", type=float, help="DPO's beta")
     tune.add_argument(
         "--export",
         action="append",

@@ -29,6 +29,8 @@ class ProgressBar:
         ]
         if metrics.get("train_loss") is not None:
             parts.append(f"loss {metrics['train_loss']:.4f}")
+        if metrics.get("train_reward_accuracy") is not None:  # DPO
+            parts.append(f"reward acc {metrics['train_reward_accuracy']:.2f}")
         if metrics.get("tokens_per_s"):
             parts.append(f"{metrics['tokens_per_s']:.0f} tok/s")
         if metrics.get("eta_s") is not None:

@@ -27,6 +27,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tuner.methods import TRAIN_METRICS, VALID_METRICS, pick_metrics
+
 SEAL_FILE = "seal.json"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d{1,9})$")
 SERVABLE_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -121,16 +123,17 @@ def export_servable(folder: Path, target: Path) -> Path | None:
 
 
 def checkpoint_metrics(log_history: list[dict[str, Any]], step: int) -> dict[str, Any]:
-    """The train metrics last logged up to ``step``, and the eval metrics at ``step``."""
+    """The train metrics last logged up to ``step``, and the eval metrics at ``step``:
+    the losses, and whichever of the methods' metrics the trainer logged."""
     train = next((e for e in reversed(log_history) if "loss" in e and e.get("step", 0) <= step), {})
     evaluated = next(
         (e for e in reversed(log_history) if "eval_loss" in e and e.get("step") == step), {}
     )
     return {
         "train_loss": _maybe_float(train.get("loss")),
-        "train_mean_token_accuracy": _maybe_float(train.get("mean_token_accuracy")),
+        **pick_metrics(train, TRAIN_METRICS),
         "valid_loss": _maybe_float(evaluated.get("eval_loss")),
-        "valid_mean_token_accuracy": _maybe_float(evaluated.get("eval_mean_token_accuracy")),
+        **pick_metrics(evaluated, VALID_METRICS),
     }
 
 

@@ -66,18 +66,9 @@ def check_dataset(
     raw: bytes, limits: DatasetLimits, count_tokens: Callable[[str], int] | None = None
 ) -> CheckedDataset:
     result = CheckedDataset()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        result.errors.append(Problem("invalid_utf8", line, "the file is not valid UTF-8"))
-        return result
     seen: set[str] = set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        result.lines_read += 1
-        example = _parse_line(line, number, result.errors)
+    for number, line in read_lines(raw, result):
+        example = parse_line(line, number, result.errors)
         if example is None or not _check_example(example, number, result.errors):
             continue
         key = json.dumps(example["messages"], sort_keys=True, ensure_ascii=False)
@@ -87,25 +78,46 @@ def check_dataset(
         seen.add(key)
         if count_tokens is not None:
             length = estimate_tokens(example["messages"], count_tokens)
-            if length > limits.max_tokens:
-                result.errors.append(
-                    Problem(
-                        "example_too_long",
-                        number,
-                        f"about {length} tokens, longer than the context of {limits.max_tokens}",
-                    )
-                )
+            if not fits(length, limits, number, result.errors):
                 continue
         example["_line"] = number
         result.examples.append(example)
-    _check_counts(result, limits)
+    if result.duplicates_removed:
+        result.warnings.append(f"Removed {result.duplicates_removed} exact duplicate example(s).")
+    check_counts(result, limits)
     _check_system_consistency(result)
     return result
 
 
+def read_lines(raw: bytes, result: CheckedDataset) -> list[tuple[int, str]]:
+    """The file's non-blank lines with their numbers; none, and an error, if it is not UTF-8."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        result.errors.append(Problem("invalid_utf8", line, "the file is not valid UTF-8"))
+        return []
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    result.lines_read = len(numbered)
+    return numbered
+
+
+def fits(length: int, limits: DatasetLimits, number: int, errors: list[Problem]) -> bool:
+    if length <= limits.max_tokens:
+        return True
+    errors.append(
+        Problem(
+            "example_too_long",
+            number,
+            f"about {length} tokens, longer than the context of {limits.max_tokens}",
+        )
+    )
+    return False
+
+
 def estimate_tokens(messages: list[dict[str, Any]], count_tokens: Callable[[str], int]) -> int:
     return sum(
-        _TEMPLATE_TOKENS_PER_MESSAGE + count_tokens(_content_text(m.get("content")))
+        _TEMPLATE_TOKENS_PER_MESSAGE + count_tokens(content_text(m.get("content")))
         for m in messages
     )
 
@@ -131,7 +143,7 @@ def to_jsonl(examples: list[dict[str, Any]]) -> bytes:
 
 
 # --- the checks ---------------------------------------------------------------
-def _parse_line(line: str, number: int, errors: list[Problem]) -> dict[str, Any] | None:
+def parse_line(line: str, number: int, errors: list[Problem]) -> dict[str, Any] | None:
     try:
         example = json.loads(line)
     except ValueError as exc:
@@ -152,20 +164,30 @@ def _check_example(example: dict[str, Any], number: int, errors: list[Problem]) 
     unknown = sorted(set(example) - EXAMPLE_KEYS)
     if unknown:
         errors.append(Problem("data_type", number, f"unrecognised keys {unknown}"))
+    check_messages(messages, number, errors)
+    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+        errors.append(Problem("example_missing_assistant_message", number, "no assistant message"))
+    return len(errors) == before
+
+
+def check_messages(
+    messages: list[Any], number: int, errors: list[Problem], where: str = "messages"
+) -> None:
+    """The cookbook's per-message checks: keys, roles, text content."""
     for index, message in enumerate(messages):
-        where = f"messages[{index}]"
+        place = f"{where}[{index}]"
         if not isinstance(message, dict):
-            errors.append(Problem("data_type", number, f"{where} is not an object"))
+            errors.append(Problem("data_type", number, f"{place} is not an object"))
             continue
         if "role" not in message or "content" not in message:
             missing = "role" if "role" not in message else "content"
-            errors.append(Problem("message_missing_key", number, f"{where} has no '{missing}'"))
+            errors.append(Problem("message_missing_key", number, f"{place} has no '{missing}'"))
         extra = sorted(set(message) - MESSAGE_KEYS)
         if extra:
-            errors.append(Problem("message_unrecognized_key", number, f"{where} has keys {extra}"))
+            errors.append(Problem("message_unrecognized_key", number, f"{place} has keys {extra}"))
         if "role" in message and message["role"] not in ROLES:
             errors.append(
-                Problem("unrecognized_role", number, f"{where} has role {message['role']!r}")
+                Problem("unrecognized_role", number, f"{place} has role {message['role']!r}")
             )
         content = message.get("content")
         if (
@@ -173,14 +195,11 @@ def _check_example(example: dict[str, Any], number: int, errors: list[Problem]) 
             and not message.get("function_call")
             and not message.get("tool_calls")
         ):
-            if not _content_text(content).strip():
-                errors.append(Problem("missing_content", number, f"{where} has no text content"))
-    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
-        errors.append(Problem("example_missing_assistant_message", number, "no assistant message"))
-    return len(errors) == before
+            if not content_text(content).strip():
+                errors.append(Problem("missing_content", number, f"{place} has no text content"))
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -192,9 +211,7 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _check_counts(result: CheckedDataset, limits: DatasetLimits) -> None:
-    if result.duplicates_removed:
-        result.warnings.append(f"Removed {result.duplicates_removed} exact duplicate example(s).")
+def check_counts(result: CheckedDataset, limits: DatasetLimits) -> None:
     count = len(result.examples)
     if not result.errors and count < limits.min_examples:
         result.errors.append(

@@ -46,6 +46,16 @@ class Hyperparameters:
             "lora_target_modules": self.lora_target_modules,
         }
 
+    def trainer_options(self) -> dict[str, Any]:
+        """The method's own settings for the trainer (``method_options`` in job.json)."""
+        return {}
+
+    def summary(self) -> str:
+        return (
+            f"{self.n_epochs} epochs, batch size {self.batch_size}, "
+            f"learning rate {self.learning_rate:g}, LoRA rank {self.lora_rank}"
+        )
+
 
 def auto_epochs(n_examples: int) -> int:
     epochs = TARGET_EPOCHS

@@ -2,22 +2,28 @@
 
     python -m tuner.job RUN_DIR
 
-``RUN_DIR/job.json`` says what to train (written by the gateway); the cleaned
-``train.jsonl`` and optional ``valid.jsonl`` lie beside it. Progress goes to
-the gateway as JSON lines on stdout, each one event:
+``RUN_DIR/job.json`` says what to train (written by the gateway): the method,
+its hyperparameters, and optionally an adapter to continue from; the cleaned
+``train.jsonl`` and optional ``valid.jsonl`` lie beside it. One run loop
+serves every method: load the model (the base, or the base with the adapter
+to continue), build the method's TRL trainer from the ``METHODS`` table,
+train, save the adapter, report. Progress goes to the gateway as JSON lines
+on stdout, each one event:
 
-    {"type": "progress", "step", "total_steps", "epoch", "train_loss", "tokens_per_s", "eta_s"}
-    {"type": "checkpoint", "step", "epoch", "adapter_dir", "train_loss",
-     "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"}
+    {"type": "progress", "step", "total_steps", "epoch", "train_loss", "tokens_per_s", "eta_s",
+     ...the method's train metrics}
+    {"type": "checkpoint", "step", "epoch", "adapter_dir", "train_loss", "valid_loss",
+     ...the method's train and valid metrics}
     {"type": "resumed", "step"}
     {"type": "paused", "step"}
     {"type": "warning", "message"}
     {"type": "result", "adapter_dir", "steps", "trained_tokens", "train_loss", "valid_loss",
-     "train_seconds"}
+     "train_seconds", "setup_seconds"}
 
-Everything the libraries print goes to stderr (the run's log). The adapter
-saved is the checkpoint with the lowest validation loss when there is
-validation data, else the last one.
+The method's metrics are those in ``TRAIN_METRICS`` and ``VALID_METRICS``
+(``tuner.methods``) that its trainer logs. Everything the libraries print goes
+to stderr (the run's log). The adapter saved is the checkpoint with the lowest
+validation loss when there is validation data, else the last one.
 
 Run again on the same RUN_DIR, the trainer resumes from its last sealed
 checkpoint (see ``tuner.checkpointing``), with the optimizer, scheduler and
@@ -31,15 +37,19 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from gateway.parent_death import arm_for_this_process_tree
 from tuner.checkpointing import checkpoint_step, latest_resumable, make_checkpoint_callback
 from tuner.distributed import Rank, finish, pin_to_cpus
-from tuner.examples import to_training_rows
+from tuner.dpo import DPO
+from tuner.methods import TRAIN_METRICS, TrainerSetup, TrainingMethod, pick_metrics
 from tuner.pause import PAUSE_FILE, make_pause_callback
+from tuner.sft import SUPERVISED
+
+METHODS: dict[str, TrainingMethod] = {"supervised": SUPERVISED, "dpo": DPO}
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,10 @@ class JobSpec:
     seed: int
     lora: LoraOptions
     max_length: int
+    method: str = "supervised"
+    method_options: dict[str, Any] = field(default_factory=dict)  # e.g. DPO's beta
+    # An adapter (PEFT folder) whose weights the new adapter starts from; None: a fresh LoRA.
+    start_adapter: Path | None = None
 
     @property
     def train_file(self) -> Path:
@@ -90,6 +104,7 @@ class JobSpec:
     def from_run_dir(cls, run_dir: Path) -> JobSpec:
         data = json.loads((run_dir / "job.json").read_text())
         lora = data["lora"]
+        start = data.get("start_adapter")
         return cls(
             base_dir=Path(data["base_dir"]),
             run_dir=run_dir,
@@ -99,6 +114,9 @@ class JobSpec:
             seed=data["seed"],
             lora=LoraOptions(lora["rank"], lora["alpha"], 0.0, lora["target_modules"]),
             max_length=data["max_length"],
+            method=data.get("method", "supervised"),
+            method_options=data.get("method_options", {}),
+            start_adapter=Path(start) if start else None,
         )
 
 
@@ -115,23 +133,24 @@ class EventSink:
         self._stream.flush()
 
 
-def _load_rows(path: Path) -> list[dict[str, Any]]:
+def _load_rows(path: Path, method: TrainingMethod) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with path.open(encoding="utf-8") as lines:
-        return [row for line in lines if line.strip() for row in to_training_rows(json.loads(line))]
+        return [row for line in lines if line.strip() for row in method.to_rows(json.loads(line))]
 
 
 def make_callback(events: EventSink):  # the transformers import stays inside run()
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):
-        """Turns the trainer's logs into progress and warning events."""
+        """Turns the trainer's logs into progress and warning events (checkpoint events
+        come from ``tuner.checkpointing``, once a save is sealed)."""
 
         def __init__(self) -> None:
             self.started = time.monotonic()
             self.train_loss: float | None = None
-            self.train_accuracy: float | None = None
+            self.train_metrics: dict[str, float] = {}
             self.previous: tuple[float, float] | None = None  # (train, valid) at last eval
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
@@ -139,7 +158,7 @@ def make_callback(events: EventSink):  # the transformers import stays inside ru
             if "loss" not in logs:
                 return
             self.train_loss = float(logs["loss"])
-            self.train_accuracy = _maybe_float(logs.get("mean_token_accuracy"))
+            self.train_metrics = pick_metrics(logs, TRAIN_METRICS)
             elapsed = time.monotonic() - self.started
             tokens = float(logs.get("num_tokens", 0.0))
             remaining = max(0, state.max_steps - state.global_step)
@@ -149,7 +168,7 @@ def make_callback(events: EventSink):  # the transformers import stays inside ru
                 total_steps=state.max_steps,
                 epoch=round(float(state.epoch or 0), 3),
                 train_loss=self.train_loss,
-                train_mean_token_accuracy=self.train_accuracy,
+                **self.train_metrics,
                 tokens_per_s=round(tokens / elapsed, 1) if elapsed > 0 else None,
                 eta_s=round(elapsed / max(1, state.global_step) * remaining, 1),
             )
@@ -176,55 +195,49 @@ def _maybe_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def run(spec: JobSpec, events: EventSink, rank: Rank | None = None) -> None:
-    rank = rank or Rank()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def shared_arguments(
+    spec: JobSpec, has_valid: bool, train_rows: int, world_size: int
+) -> dict[str, Any]:
+    """The training arguments every method uses: schedule, logging, eval, checkpoints."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
-    torch.manual_seed(spec.seed)
-    train_rows, valid_rows = _load_rows(spec.train_file), _load_rows(spec.valid_file)
-    has_valid = bool(valid_rows)
-    tokenizer = AutoTokenizer.from_pretrained(spec.base_dir)
-    model = AutoModelForCausalLM.from_pretrained(spec.base_dir, dtype=torch.float32)
     # The job's batch size is the global one: each of N ranks takes its share.
-    per_rank_batch = max(1, -(-spec.batch_size // rank.world_size))
-    args = SFTConfig(
-        output_dir=str(spec.checkpoints_dir),
-        num_train_epochs=spec.n_epochs,
-        per_device_train_batch_size=per_rank_batch,
-        per_device_eval_batch_size=per_rank_batch,
-        learning_rate=spec.learning_rate,
-        lr_scheduler_type="constant_with_warmup",
-        warmup_steps=min(5, max(1, len(train_rows) // spec.batch_size)),
-        logging_steps=1,
-        eval_strategy="epoch" if has_valid else "no",
+    per_rank_batch = max(1, -(-spec.batch_size // world_size))
+    return {
+        "output_dir": str(spec.checkpoints_dir),
+        "num_train_epochs": spec.n_epochs,
+        "per_device_train_batch_size": per_rank_batch,
+        "per_device_eval_batch_size": per_rank_batch,
+        "learning_rate": spec.learning_rate,
+        "lr_scheduler_type": "constant_with_warmup",
+        "warmup_steps": min(5, max(1, train_rows // spec.batch_size)),
+        "logging_steps": 1,
+        "eval_strategy": "epoch" if has_valid else "no",
         # A checkpoint each epoch (and on a pause), with the optimizer, scheduler and RNG
         # state, so that a run can resume; the best and the latest are kept.
-        save_strategy="epoch",
-        save_only_model=False,
-        save_total_limit=2,
-        load_best_model_at_end=has_valid,
-        metric_for_best_model="eval_loss" if has_valid else None,
-        greater_is_better=False if has_valid else None,
-        report_to=[],
-        seed=spec.seed,
-        data_seed=spec.seed,
-        # Lengths were checked against max_length before training; padding-free
-        # batches do not truncate (TRL asks for None to say so).
-        max_length=None,
-        use_cpu=not torch.cuda.is_available(),
-        completion_only_loss=True,  # loss on the assistant's answer only
-        # No padding: a batch is its examples' tokens end to end, kept apart by position_ids
-        # (transformers builds a block-diagonal mask for them), so no compute goes to pad tokens.
-        padding_free=True,
-        disable_tqdm=True,
-    )
-    _ = args.device  # sets up the process group when launched with one process per device
-    resume_from = _resume_point(spec, events, rank)
+        "save_strategy": "epoch",
+        "save_only_model": False,
+        "save_total_limit": 2,
+        "load_best_model_at_end": has_valid,
+        "metric_for_best_model": "eval_loss" if has_valid else None,
+        "greater_is_better": False if has_valid else None,
+        "report_to": [],
+        "seed": spec.seed,
+        "data_seed": spec.seed,
+        "use_cpu": not torch.cuda.is_available(),
+        "disable_tqdm": True,
+    }
+
+
+def load_model(spec: JobSpec) -> tuple[Any, Any | None]:
+    """The base in fp32, plus either a new LoRA's config or the adapter to continue (trainable)."""
+    import torch
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(spec.base_dir, dtype=torch.float32)
+    if spec.start_adapter is not None:
+        return PeftModel.from_pretrained(model, spec.start_adapter, is_trainable=True), None
     lora = LoraConfig(
         r=spec.lora.rank,
         lora_alpha=spec.lora.alpha,
@@ -232,20 +245,43 @@ def run(spec: JobSpec, events: EventSink, rank: Rank | None = None) -> None:
         target_modules=spec.lora.target_modules,
         task_type="CAUSAL_LM",
     )
+    return model, lora
+
+
+def run(spec: JobSpec, events: EventSink, rank: Rank | None = None) -> None:
+    rank = rank or Rank()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoTokenizer
+
+    method = METHODS[spec.method]
+    torch.manual_seed(spec.seed)
+    train_rows = _load_rows(spec.train_file, method)
+    valid_rows = _load_rows(spec.valid_file, method)
+    model, lora = load_model(spec)
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_dir)
     pause = make_pause_callback(spec.pause_file)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(valid_rows) if has_valid else None,
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=[
-            make_callback(events),
-            make_checkpoint_callback(events, spec.servable_dir),
-            pause,
-        ],
+    # Building a trainer tokenizes the data (and sets up the process group when launched
+    # with one process per device); DPO's reference log-probs follow before the first step.
+    building = time.monotonic()
+    trainer = method.build_trainer(
+        TrainerSetup(
+            spec=spec,
+            model=model,
+            tokenizer=tokenizer,
+            train_rows=train_rows,
+            valid_rows=valid_rows,
+            arguments=shared_arguments(spec, bool(valid_rows), len(train_rows), rank.world_size),
+            lora=lora,
+            callbacks=[
+                make_callback(events),
+                make_checkpoint_callback(events, spec.servable_dir),
+                pause,
+            ],
+        )
     )
+    setup_seconds = time.monotonic() - building
+    resume_from = _resume_point(spec, events, rank)
     if resume_from is not None:
         events.emit("resumed", step=checkpoint_step(resume_from))
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -253,28 +289,36 @@ def run(spec: JobSpec, events: EventSink, rank: Rank | None = None) -> None:
     if pause.paused_at is not None and state.global_step < state.max_steps:
         events.emit("paused", step=state.global_step)
         return
-    _save_adapter(trainer, spec.adapter_dir)
+    _save_adapter(trainer, spec.adapter_dir, rank)
     if not rank.is_main:
         return
-    valid_loss = state.best_metric if has_valid else None
-    tokens = int(sum(len(ids) for ids in trainer.train_dataset["input_ids"])) * spec.n_epochs
     events.emit(
         "result",
         adapter_dir=str(spec.adapter_dir),
         steps=output.global_step,
-        trained_tokens=tokens,
+        trained_tokens=method.tokens_per_epoch(trainer) * spec.n_epochs,
         train_loss=float(output.training_loss),
-        valid_loss=valid_loss,
+        valid_loss=state.best_metric if valid_rows else None,
         train_seconds=float(output.metrics.get("train_runtime", 0.0)),
+        setup_seconds=round(setup_seconds, 3),
     )
 
 
-def _save_adapter(trainer: Any, folder: Path) -> None:
-    """Every rank takes part: FSDP and DeepSpeed gather the sharded weights here."""
-    if trainer.is_fsdp_enabled:  # one file of adapter weights, not a shard per rank
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(str(folder))  # safetensors; rank 0 writes
-    (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle the adapter never needs
+def _save_adapter(trainer: Any, folder: Path, rank: Rank) -> None:
+    """The trained adapter alone, as safetensors."""
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # Every rank takes part: FSDP and DeepSpeed gather the sharded weights here.
+        if trainer.is_fsdp_enabled:  # one file of adapter weights, not a shard per rank
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model(str(folder))  # rank 0 writes
+        (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle nobody needs
+        return
+    if rank.is_main:
+        # Only the trained adapter: a method may hold others (DPO continuing an adapter
+        # keeps a frozen reference copy of it).
+        trainer.model.save_pretrained(
+            str(folder), safe_serialization=True, selected_adapters=["default"]
+        )
 
 
 def _resume_point(spec: JobSpec, events: EventSink, rank: Rank) -> Path | None:

@@ -21,13 +21,13 @@ from adapters.naming import DEFAULT_OWNER, make_adapter_id
 from adapters.registry import RegisterRequest
 from gateway.adapter_service import AdapterService
 from gateway.errors import TunegateError
-from gateway.finetune.jobs_store import JobStore
+from gateway.finetune.jobs_store import JobStore, base_of
 
 log = logging.getLogger(__name__)
 
 
 def checkpoint_model_id(job: dict[str, Any], step: int) -> str:
-    return str(make_adapter_id(job["model"], job["_suffix"], job["id"], checkpoint_step=step))
+    return str(make_adapter_id(base_of(job), job["_suffix"], job["id"], checkpoint_step=step))
 
 
 class CheckpointModels:
@@ -50,7 +50,7 @@ class CheckpointModels:
             return "the trainer saved no adapter for it"
         request = RegisterRequest(
             folder=folder,
-            base=job["model"],
+            base=base_of(job),
             suffix=job["_suffix"],
             owner=DEFAULT_OWNER,
             unique=job["id"],

@@ -23,6 +23,11 @@ class JobNotFoundError(NotFoundError):
         super().__init__(f"No fine-tuning job '{job_id[:100]}'.", param="fine_tuning_job_id")
 
 
+def base_of(job: dict[str, Any]) -> str:
+    """The base model a job trains on: its ``model``, unless that is an adapter it continues."""
+    return job.get("_base") or job["model"]  # jobs stored before adapters could be continued
+
+
 def new_job_id() -> str:
     return "ftjob-" + secrets.token_hex(12)
 

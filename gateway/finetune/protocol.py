@@ -1,8 +1,12 @@
 """Request types of the fine-tuning routes, as OpenAI spells them, plus documented extras.
 
-Extras in ``hyperparameters`` (also under ``method.supervised.hyperparameters``):
+``method`` is OpenAI's: ``{"type": "supervised" | "dpo", "<type>": {"hyperparameters":
+{...}}}``; ``"reinforcement"`` parses, and the service refuses it with a message.
+
+Extras in ``hyperparameters`` (also under ``method.<type>.hyperparameters``):
 ``lora_rank``, ``lora_alpha`` and ``lora_target_modules`` (a list of module
-names, or "all-linear"), each a value or "auto".
+names, or "all-linear"), and for DPO ``sft_loss_weight`` (the weight of the
+supervised term on the preferred answers; 0 is plain DPO), each a value or "auto".
 """
 
 from __future__ import annotations
@@ -30,15 +34,33 @@ class Hyperparameters(BaseModel):
         return self.model_dump()
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: Literal["auto"] | Annotated[float, Field(gt=0, le=10)] = "auto"
+    sft_loss_weight: Literal["auto"] | Annotated[float, Field(ge=0, le=10)] = "auto"
+
+
 class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters | None = None
+
+
+class DpoMethod(BaseModel):
+    hyperparameters: DpoHyperparameters | None = None
 
 
 class Method(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    type: Literal["supervised"]
+    type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+# Method type -> the hyperparameters it takes.
+HYPERPARAMETER_TYPES: dict[str, type[Hyperparameters]] = {
+    "supervised": Hyperparameters,
+    "dpo": DpoHyperparameters,
+}
 
 
 class CreateJobRequest(BaseModel):
@@ -57,7 +79,13 @@ class CreateJobRequest(BaseModel):
     # e.g. ["gguf"] (q8_0) or ["gguf:f16", "gguf:q4_k_m"].
     export: list[str] | None = None
 
+    def method_type(self) -> str:
+        return self.method.type if self.method else "supervised"
+
     def chosen_hyperparameters(self) -> Hyperparameters:
-        if self.method and self.method.supervised and self.method.supervised.hyperparameters:
-            return self.method.supervised.hyperparameters
-        return self.hyperparameters or Hyperparameters()
+        """The method block's hyperparameters, else the top-level (older) ones, else all "auto"."""
+        kind = HYPERPARAMETER_TYPES[self.method_type()]
+        block = getattr(self.method, self.method_type(), None) if self.method else None
+        if block is not None and block.hyperparameters is not None:
+            return block.hyperparameters
+        return kind.model_validate((self.hyperparameters or Hyperparameters()).model_dump())

@@ -9,6 +9,11 @@ This module holds the API and the work before and after training; the queue
 and the slots are ``scheduler``, one trainer run is ``training``, checkpoint
 models are ``checkpoint_models``. After a gateway restart, a job that was
 running resumes from its last checkpoint; queued and validating jobs carry on.
+
+The method (``supervised``, ``dpo``) picks the data checks and the plan from
+``JOB_METHODS``; everything else is shared. A job's ``model`` is a base, or an
+adapter of this gateway that the new adapter continues from (its weights are
+the starting point, and for DPO the reference).
 """
 
 from __future__ import annotations
@@ -25,37 +30,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from adapters.errors import AdapterNotFoundError
+from adapters.manifest import AdapterManifest
 from adapters.naming import DEFAULT_OWNER, make_adapter_id, normalise_suffix
 from adapters.registry import RegisterRequest
+from adapters.validation import CONFIG_FILE, WEIGHTS_FILE
 from gateway.adapter_service import AdapterService
 from gateway.catalog import ModelCatalog
-from gateway.errors import InvalidRequestError, TunegateError
+from gateway.errors import InvalidRequestError, ModelNotFoundError, TunegateError
 from gateway.finetune.checkpoint_models import CheckpointModels
 from gateway.finetune.files import FileStore
-from gateway.finetune.jobs_store import TERMINAL, JobStore, new_job_id, public
+from gateway.finetune.jobs_store import TERMINAL, JobStore, base_of, new_job_id, public
 from gateway.finetune.merges import MergeService, check_quantization
-from gateway.finetune.protocol import CreateJobRequest
+from gateway.finetune.methods import job_method
+from gateway.finetune.protocol import CreateJobRequest, Hyperparameters
 from gateway.finetune.scheduler import SlotScheduler
 from gateway.finetune.slots import slots_from_settings
 from gateway.finetune.trainer_process import TRAINER_MODULE, clear_pause
-from gateway.finetune.training import TrainingRunner
+from gateway.finetune.training import VALID_METRIC_FIELDS, TrainingRunner
 from gateway.forwarding import Forwarder
 from gateway.process_guard import ProcessGuard
 from gateway.protocol import ChatCompletionRequest
 from gateway.settings import Settings
 from tuner import hyperparameters as hp
-from tuner.dataset import (
-    CheckedDataset,
-    DatasetLimits,
-    check_dataset,
-    split_for_validation,
-    to_jsonl,
-)
+from tuner.dataset import CheckedDataset, DatasetLimits, split_for_validation, to_jsonl
 
 log = logging.getLogger(__name__)
 
 ORGANIZATION = "org-local"
 _SAMPLE_COUNT = 3
+_LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_target_modules")
 
 
 class FineTuningService:
@@ -119,7 +123,9 @@ class FineTuningService:
 
     # --- API --------------------------------------------------------------------
     def create(self, request: CreateJobRequest) -> dict[str, Any]:
-        base = self._base_for(request.model)
+        method = request.method_type()
+        job_method(method)  # an unsupported method is refused before anything else
+        base, parent = self._starting_point(request.model)
         self.files.get(request.training_file, "training_file")
         if request.validation_file:
             self.files.get(request.validation_file, "validation_file")
@@ -133,6 +139,8 @@ class FineTuningService:
                 "(setting vllm_max_lora_rank).",
                 param="hyperparameters.lora_rank",
             )
+        if parent is not None:
+            _check_lora_matches(chosen, parent)
         shown = chosen.requested()
         exports = [_export_quantization(item) for item in request.export or []]
         job = {
@@ -143,7 +151,7 @@ class FineTuningService:
             "fine_tuned_model": None,
             "finished_at": None,
             "hyperparameters": shown,
-            "model": base,
+            "model": parent.id if parent else base,
             "organization_id": ORGANIZATION,
             "result_files": [],
             "seed": request.seed if request.seed is not None else int(time.time()) % 2**31,
@@ -153,9 +161,11 @@ class FineTuningService:
             "validation_file": request.validation_file,
             "integrations": [],
             "metadata": request.metadata,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": shown}},
+            "method": {"type": method, method: {"hyperparameters": shown}},
             "estimated_finish": None,
             "user_provided_suffix": request.suffix,
+            "_base": base,
+            "_parent_adapter": parent.id if parent else None,
             "_suffix": suffix,
             "_requested": chosen.requested(),
             "_export": exports,
@@ -239,6 +249,7 @@ class FineTuningService:
 
     async def _validate(self, job_id: str) -> None:
         job = self.store.get(job_id)
+        method = job["method"]["type"]
         try:
             train, train_warnings = await self._check_file(
                 job, job["training_file"], "training_file"
@@ -250,9 +261,10 @@ class FineTuningService:
                 train, valid = split_for_validation(train, job["seed"])
                 if valid:
                     train_warnings.append(
-                        f"Held out {len(valid)} of {len(train) + len(valid)} examples "
-                        "for validation."
+                        f"Held out {len(valid)} of {len(train) + len(valid)} "
+                        f"{job_method(method).what} for validation."
                     )
+            parent = self._parent_of(job)
         except _DatasetRejected as rejected:
             self._fail(job_id, rejected.code, rejected.message, rejected.param)
             return
@@ -260,22 +272,35 @@ class FineTuningService:
             return
         for warning in train_warnings:
             self.store.add_event(job_id, warning, level="warn")
-        plan = hp.resolve(job["_requested"], len(train))
-        self._write_run_dir(job, train, valid, plan)
+        requested = job["_requested"]
+        if parent is not None:  # the LoRA's shape is the adapter's being continued
+            requested = {**requested, **_lora_of(parent)}
+        plan = job_method(method).plan(requested, len(train))
+        try:
+            self._write_run_dir(job, train, valid, plan, parent)
+        except FileNotFoundError:
+            self._fail(
+                job_id,
+                "model_not_available",
+                f"The adapter '{job['model']}' was deleted before training began.",
+                "model",
+            )
+            return
         view = plan.openai_view()
         self.store.update(
             job_id,
             status="queued",
             _queued_at=time.time(),
             hyperparameters=view,
-            method={"type": "supervised", "supervised": {"hyperparameters": view}},
+            method={"type": method, method: {"hyperparameters": view}},
             _plan={"train": len(train), "valid": len(valid)},
         )
+        what = job_method(method).what
         self.store.add_event(
             job_id,
-            f"Files validated: {len(train)} training and {len(valid)} validation examples. "
-            f"Plan: {plan.n_epochs} epochs, batch size {plan.batch_size}, "
-            f"learning rate {plan.learning_rate:g}, LoRA rank {plan.lora_rank}.",
+            f"Files validated: {len(train)} training and {len(valid)} validation {what}. "
+            f"Plan: {plan.summary()}"
+            + (f", continuing from {parent.id}." if parent is not None else "."),
         )
         self.scheduler.submit(job_id)
 
@@ -283,12 +308,13 @@ class FineTuningService:
         self, job: dict[str, Any], file_id: str, param: str
     ) -> tuple[list[dict[str, Any]], list[str]]:
         raw = self.files.path(file_id, param).read_bytes()
-        counter = _token_counter(self._base_dirs[job["model"]])
+        counter = _token_counter(self._base_dirs[base_of(job)])
         limits = DatasetLimits(
             min_examples=self._settings.finetune_min_examples if param == "training_file" else 1,
             max_tokens=self._settings.finetune_max_length,
         )
-        checked: CheckedDataset = await asyncio.to_thread(check_dataset, raw, limits, counter)
+        check = job_method(job["method"]["type"]).check
+        checked: CheckedDataset = await asyncio.to_thread(check, raw, limits, counter)
         if not checked.ok:
             raise _DatasetRejected(
                 checked.errors[0].code, f"Invalid {param}: {checked.error_summary()}", param
@@ -296,7 +322,12 @@ class FineTuningService:
         return checked.examples, checked.warnings
 
     def _write_run_dir(
-        self, job: dict[str, Any], train: list, valid: list, plan: hp.Hyperparameters
+        self,
+        job: dict[str, Any],
+        train: list,
+        valid: list,
+        plan: hp.Hyperparameters,
+        parent: AdapterManifest | None,
     ) -> None:
         run_dir = self._settings.runs_dir / job["id"]
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -304,8 +335,20 @@ class FineTuningService:
         (run_dir / "train.jsonl").write_bytes(to_jsonl(train))
         if valid:
             (run_dir / "valid.jsonl").write_bytes(to_jsonl(valid))
+        start_adapter = None
+        if parent is not None:
+            # A copy in the run: the trainer reads only its own run, and the adapter may be
+            # deleted while the job waits or trains.
+            start_adapter = run_dir / "start_adapter"
+            start_adapter.mkdir()
+            source = self._adapters.registry.folder_of(parent.id)
+            for name in (WEIGHTS_FILE, CONFIG_FILE):
+                shutil.copyfile(source / name, start_adapter / name)
         spec = {
-            "base_dir": str(self._base_dirs[job["model"]]),
+            "base_dir": str(self._base_dirs[base_of(job)]),
+            "method": job["method"]["type"],
+            "method_options": plan.trainer_options(),
+            "start_adapter": str(start_adapter) if start_adapter else None,
             "n_epochs": plan.n_epochs,
             "batch_size": plan.batch_size,
             "learning_rate": plan.learning_rate,
@@ -324,13 +367,16 @@ class FineTuningService:
         self, job_id: str, result: dict[str, Any], metrics: list[dict[str, Any]]
     ) -> None:
         job = self.store.get(job_id)
+        source = {"job_id": job_id}
+        if job.get("_parent_adapter"):
+            source["parent"] = job["_parent_adapter"]
         request = RegisterRequest(
             folder=Path(result["adapter_dir"]),
-            base=job["model"],
+            base=base_of(job),
             suffix=job["_suffix"],
             owner=DEFAULT_OWNER,
             unique=job_id,
-            source={"job_id": job_id},
+            source=source,
             dataset_sha256=self.files.sha256(job["training_file"]),
         )
         try:
@@ -382,11 +428,12 @@ class FineTuningService:
         )
         held_out = source.name == "valid.jsonl"
         examples = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
-        base = self.store.get(job_id)["model"]
+        job = self.store.get(job_id)
+        sample = job_method(job["method"]["type"]).sample
+        # "base" is what the job started from: the base model, or the adapter it continued.
+        base = job["model"]
         for number, example in enumerate(examples[:_SAMPLE_COUNT], start=1):
-            messages = example["messages"]
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            prompt = messages[:last]
+            prompt, expected = sample(example)
             answers = {}
             for label, model in (("base", base), ("fine_tuned", model_id)):
                 answers[label] = await self._complete(model, prompt)
@@ -397,7 +444,7 @@ class FineTuningService:
                 data={
                     "held_out": held_out,
                     "prompt": prompt,
-                    "expected": messages[last].get("content"),
+                    "expected": expected,
                     "base_answer": answers["base"],
                     "fine_tuned_answer": answers["fine_tuned"],
                     "valid_loss": valid_loss,
@@ -420,15 +467,40 @@ class FineTuningService:
         return sorted(self._base_dirs)
 
     # --- helpers ----------------------------------------------------------------
-    def _base_for(self, model: str) -> str:
+    def _starting_point(self, model: str) -> tuple[str, AdapterManifest | None]:
+        """(base, adapter to continue or None) for a job's ``model``: a base or an adapter."""
         if model in self._base_dirs:
-            return model
+            return model, None
+        try:
+            parent = self._adapters.get(model)
+        except (AdapterNotFoundError, InvalidRequestError):
+            if model.startswith("ft:"):  # an adapter id that names nothing registered
+                raise ModelNotFoundError(
+                    model[:200], f"No adapter '{model[:200]}' is registered here."
+                ) from None
+            parent = None
+        if parent is not None and parent.base in self._base_dirs:
+            return parent.base, parent
         known = ", ".join(self.trainable_bases()) or "none"
         raise InvalidRequestError(
-            f"'{model}' cannot be fine-tuned here; base models that can: {known}.",
+            f"'{model}' cannot be fine-tuned here; base models that can: {known}, "
+            "and adapters of this gateway on them.",
             param="model",
             code="model_not_available",
         )
+
+    def _parent_of(self, job: dict[str, Any]) -> AdapterManifest | None:
+        parent_id = job.get("_parent_adapter")
+        if not parent_id:
+            return None
+        try:
+            return self._adapters.registry.get(parent_id)
+        except AdapterNotFoundError:
+            raise _DatasetRejected(
+                "model_not_available",
+                f"The adapter '{parent_id}' was deleted before training began.",
+                "model",
+            ) from None
 
     def _fail(self, job_id: str, code: str, message: str, param: str | None = None) -> None:
         self._finish_as(job_id, "failed", error={"code": code, "message": message, "param": param})
@@ -438,6 +510,28 @@ class FineTuningService:
         self.store.update(
             job_id, status=status, finished_at=int(time.time()), estimated_finish=None, **changes
         )
+
+
+def _lora_of(adapter: AdapterManifest) -> dict[str, Any]:
+    return {
+        "lora_rank": adapter.rank,
+        "lora_alpha": int(adapter.alpha),
+        "lora_target_modules": sorted(adapter.target_modules),
+    }
+
+
+def _check_lora_matches(chosen: Hyperparameters, parent: AdapterManifest) -> None:
+    """A continued adapter keeps its shape; asking for another one is an error, not ignored."""
+    shape = _lora_of(parent)
+    for name in _LORA_FIELDS:
+        value = getattr(chosen, name)
+        wanted = sorted(value) if isinstance(value, list) else value
+        if value != "auto" and wanted != shape[name]:
+            raise InvalidRequestError(
+                f"'{parent.id}' is continued with its own LoRA shape ({name} "
+                f'{shape[name]}); leave {name} "auto" or start from the base.',
+                param=f"hyperparameters.{name}",
+            )
 
 
 class _DatasetRejected(Exception):
@@ -460,8 +554,14 @@ def _token_counter(base_dir: Path) -> Callable[[str], int] | None:
 def _metrics_csv(metrics: list[dict[str, Any]]) -> bytes:
     out = io.StringIO()
     columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    # DPO's reward metrics, in columns of their own when the job has them.
+    rewards = [
+        k
+        for k in ("train_reward_accuracy", "train_reward_margin", *VALID_METRIC_FIELDS[1:])
+        if any(row.get(k) is not None for row in metrics)
+    ]
     writer = csv.writer(out)
-    writer.writerow(columns)
+    writer.writerow(columns + rewards)
     for row in metrics:
         writer.writerow(
             [
@@ -470,6 +570,7 @@ def _metrics_csv(metrics: list[dict[str, Any]]) -> bytes:
                 row.get("train_mean_token_accuracy"),
                 row.get("valid_loss", ""),
                 row.get("valid_mean_token_accuracy", ""),
+                *(row.get(k, "") for k in rewards),
             ]
         )
     return out.getvalue().encode()

@@ -43,15 +43,15 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 _PATHS = re.compile(r"(/[^\s'\"]+)+")
-_PROGRESS_FIELDS = (
-    "step",
-    "total_steps",
-    "epoch",
-    "train_loss",
-    "train_mean_token_accuracy",
-    "tokens_per_s",
-    "eta_s",
-)
+_PROGRESS_FIELDS = ("step", "total_steps", "epoch", "train_loss", "tokens_per_s", "eta_s")
+# The methods' train metrics (supervised: token accuracy; DPO: reward accuracy and margin)
+# and how the step events name them; a trainer reports those its method has.
+TRAIN_METRIC_LABELS = {
+    "train_mean_token_accuracy": "token accuracy",
+    "train_reward_accuracy": "reward accuracy",
+    "train_reward_margin": "reward margin",
+}
+VALID_METRIC_FIELDS = ("valid_mean_token_accuracy", "valid_reward_accuracy", "valid_reward_margin")
 
 # (job id, the trainer's result event, the step metrics of the whole job)
 Succeed = Callable[[str, dict[str, Any], list[dict[str, Any]]], Awaitable[None]]
@@ -240,10 +240,17 @@ class TrainingRunner:
                 job_id, "No checkpoint had been saved yet: training started again from step 0."
             )
         data = {key: event.get(key) for key in _PROGRESS_FIELDS}
+        data.update({k: event[k] for k in TRAIN_METRIC_LABELS if event.get(k) is not None})
         state.metrics.append(data)
+        shown = "".join(
+            f", {label}={event[k]:.4f}"
+            for k, label in TRAIN_METRIC_LABELS.items()
+            if k != "train_mean_token_accuracy" and event.get(k) is not None
+        )
         self._store.add_event(
             job_id,
-            f"Step {event['step']}/{event['total_steps']}: training loss={event['train_loss']:.4f}",
+            f"Step {event['step']}/{event['total_steps']}: "
+            f"training loss={event['train_loss']:.4f}{shown}",
             data=data,
             kind="metrics",
         )
@@ -265,6 +272,14 @@ class TrainingRunner:
             "full_valid_loss": valid,
             "full_valid_mean_token_accuracy": event.get("valid_mean_token_accuracy"),
         }
+        # DPO's reward accuracy and margin, train and valid, beside OpenAI's fields.
+        metrics.update(
+            {
+                k: event[k]
+                for k in (*TRAIN_METRIC_LABELS, *VALID_METRIC_FIELDS)
+                if k not in metrics and event.get(k) is not None
+            }
+        )
         if not self._store.add_checkpoint(job_id, step, model, metrics):
             return  # saved again by a resumed run: announced already
         problem = await self._checkpoints.register(
@@ -308,10 +323,10 @@ class TrainingRunner:
             if event["type"] == "metrics" and "step" in data:
                 rows[float(data["step"])] = dict(data)
             elif "checkpoint" in data and float(data["step"]) in rows:
-                rows[float(data["step"])]["valid_loss"] = data.get("valid_loss")
-                rows[float(data["step"])]["valid_mean_token_accuracy"] = data.get(
-                    "valid_mean_token_accuracy"
-                )
+                row = rows[float(data["step"])]
+                row["valid_loss"] = data.get("valid_loss")
+                row["valid_mean_token_accuracy"] = data.get("valid_mean_token_accuracy")
+                row.update({k: data[k] for k in VALID_METRIC_FIELDS if k in data})
         return [rows[step] for step in sorted(rows)]
 
     def _dataset_sha256(self, job: dict[str, Any]) -> str | None:

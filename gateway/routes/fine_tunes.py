@@ -2,6 +2,7 @@
 
     curl -F file=@data.jsonl -F model=smollm2-135m-instruct -F suffix=jsonbot \\
          [-F n_epochs=3] [-F batch_size=4] [-F learning_rate_multiplier=1] [-F seed=0] \\
+         [-F method=dpo [-F beta=0.1] [-F sft_loss_weight=1]] \\
          http://127.0.0.1:8000/v1/fine_tunes
     curl http://127.0.0.1:8000/v1/fine_tunes/ftjob-...
     curl -N "http://127.0.0.1:8000/v1/fine_tunes/ftjob-.../events?stream=true"
@@ -44,22 +45,36 @@ _HYPERPARAMETER_FIELDS = (
     "lora_rank",
     "lora_alpha",
 )
+_DPO_FIELDS = ("beta", "sft_loss_weight")
 _POLL_S = 0.5
 _FILE_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}
 _UPLOAD_SCHEMA = request_body(
     multipart=object_schema(
         ["file", "model"],
         file=FILE,
-        model={"type": "string", "description": "A base model with an HF checkpoint"},
+        model={
+            "anyOf": [
+                {"type": "string", "description": "A base model with an HF checkpoint"},
+                {
+                    "type": "string",
+                    "pattern": "^ft:",
+                    "description": "An adapter of this gateway (id or alias); the job continues it",
+                },
+            ]
+        },
         # Lowercased, other characters become '-': it needs one letter or digit.
         suffix={"type": "string", "maxLength": 64, "pattern": "[A-Za-z0-9]"},
         validation_file=_FILE_ID,
         seed={"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+        method={"type": "string", "enum": ["supervised", "dpo"], "default": "supervised"},
         n_epochs=auto_or({"type": "integer", "minimum": 1, "maximum": 50}),
         batch_size=auto_or({"type": "integer", "minimum": 1, "maximum": 256}),
         learning_rate_multiplier=auto_or({"type": "number", "exclusiveMinimum": 0, "maximum": 10}),
         lora_rank=auto_or({"type": "integer", "minimum": 1, "maximum": 256}),
         lora_alpha=auto_or({"type": "integer", "minimum": 1, "maximum": 1024}),
+        # DPO only (method=dpo); ignored otherwise.
+        beta=auto_or({"type": "number", "exclusiveMinimum": 0, "maximum": 10}),
+        sft_loss_weight=auto_or({"type": "number", "minimum": 0, "maximum": 10}),
     )
 )
 _EVENTS = {
@@ -73,7 +88,7 @@ _EVENTS = {
 def document_upload_limits(document: dict[str, Any], runtime: GatewayRuntime) -> None:
     """What this gateway's settings allow: its trainable bases, its highest LoRA rank."""
     fields = multipart_schema(document, "/v1/fine_tunes", "post")["properties"]
-    fields["model"]["enum"] = runtime.fine_tuning.trainable_bases()
+    fields["model"]["anyOf"][0]["enum"] = runtime.fine_tuning.trainable_bases()
     fields["lora_rank"]["anyOf"][0]["maximum"] = runtime.settings.vllm_max_lora_rank
 
 
@@ -81,7 +96,9 @@ def document_upload_limits(document: dict[str, Any], runtime: GatewayRuntime) ->
 async def create_fine_tune(request: Request) -> dict[str, Any]:
     service = runtime_of(request).fine_tuning
     upload, fields = await read_upload(request)
-    hyperparameters = {k: _number_or_auto(fields[k]) for k in _HYPERPARAMETER_FIELDS if k in fields}
+    method = fields.get("method") or "supervised"
+    names = _HYPERPARAMETER_FIELDS + (_DPO_FIELDS if method == "dpo" else ())
+    hyperparameters = {k: _number_or_auto(fields[k]) for k in names if k in fields}
     try:
         job_request = CreateJobRequest.model_validate(
             {
@@ -90,7 +107,7 @@ async def create_fine_tune(request: Request) -> dict[str, Any]:
                 "validation_file": fields.get("validation_file") or None,
                 "suffix": fields.get("suffix") or None,
                 "seed": fields.get("seed") or None,
-                "hyperparameters": hyperparameters,
+                "method": {"type": method, method: {"hyperparameters": hyperparameters}},
             }
         )
     except ValidationError as exc:

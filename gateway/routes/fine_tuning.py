@@ -13,7 +13,7 @@ from gateway.routes.openapi import errors
 router = APIRouter(tags=["fine-tuning"])
 
 
-@router.post("/v1/fine_tuning/jobs", responses=errors(404))  # 404: an unknown file
+@router.post("/v1/fine_tuning/jobs", responses=errors(404))  # 404: an unknown file or adapter
 async def create_job(body: CreateJobRequest, request: Request) -> dict[str, Any]:
     return runtime_of(request).fine_tuning.create(body)
 

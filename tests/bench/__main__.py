@@ -1,6 +1,7 @@
 """``make bench``: every benchmark, one table, one JSON file.
 
-python -m tests.bench [--suite overhead|engines|...|fleet|training|all] [--quick] [--out FILE]
+python -m tests.bench [--suite overhead|engines|...|fleet|training|dpo|all]
+                      [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.bench.dpo import dpo
 from tests.bench.fleet import fleet
 from tests.bench.llamacpp_server import llamacpp_server
 from tests.bench.suites import Row, adapters, gateway_overhead, real_engines, tuner
@@ -64,6 +66,8 @@ async def run(suite: str, quick: bool) -> list[Row]:
         rows += await adapters(rounds=9 if quick else 18, duration_s=8 if quick else 20)
     if suite in ("tuner", "all"):
         rows += await tuner(quick)
+    if suite in ("dpo", "all"):
+        rows += await dpo(quick)
     if suite in ("llamacpp", "all"):
         rows += await llamacpp_server(quick)
     if suite in ("fleet", "all"):
@@ -82,6 +86,7 @@ def main() -> int:
             "engines",
             "adapters",
             "tuner",
+            "dpo",
             "llamacpp",
             "fleet",
             "training",

@@ -50,9 +50,10 @@ def chromium(tmp_path, *args: str) -> str:
 
 @pytest.fixture
 def finished_job(client) -> str:
-    """A succeeded job with validation data (the fine-tuning tests leave one; else train one)."""
+    """A succeeded supervised job with validation data, trained on JSON answers (the
+    fine-tuning tests leave one; else train one)."""
     for job in client.fine_tuning.jobs.list(limit=100).data:
-        if job.status == "succeeded" and job.validation_file:
+        if job.status == "succeeded" and job.validation_file and job.method.type == "supervised":
             return job.id
     job = client.fine_tuning.jobs.create(
         model=BASE,

@@ -134,7 +134,16 @@ async def test_a_bad_dataset_fails_the_job_with_code_param_and_line(gateway):
             400,
             "hyperparameters.lora_rank",
         ),
-        ({"training_file": "FILE", "method": {"type": "dpo"}}, 400, "method.type"),
+        ({"training_file": "FILE", "method": {"type": "reinforcement"}}, 400, "method.type"),
+        ({"training_file": "FILE", "method": {"type": "magic"}}, 400, "method.type"),
+        (
+            {
+                "training_file": "FILE",
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {"beta": 1}}},
+            },
+            400,
+            "method.supervised.hyperparameters.beta",
+        ),
         ({"training_file": "FILE", "suffix": "x" * 65}, 400, "suffix"),
         ({"training_file": "FILE", "validation_file": "file-missing"}, 404, "validation_file"),
     ],

@@ -51,7 +51,9 @@ async def test_upload_schemas_say_what_is_accepted(gateway):
     assert files["properties"]["file"] == {"type": "string", "format": "binary"}
     fine_tunes = multipart("/v1/fine_tunes")
     assert fine_tunes["required"] == ["file", "model"]
-    assert fine_tunes["properties"]["model"]["enum"] == ["base"]  # the bases it can train
+    bases, continued = fine_tunes["properties"]["model"]["anyOf"]
+    assert bases["enum"] == ["base"]  # the bases it can train, or an adapter to continue
+    assert continued["pattern"] == "^ft:"
     rank = fine_tunes["properties"]["lora_rank"]["anyOf"][0]
     assert rank["maximum"] == gateway.app.state.settings.vllm_max_lora_rank
     adapters = multipart("/v1/adapters")

@@ -40,7 +40,7 @@ def tiny_base(tmp_path_factory) -> Path:
     return folder
 
 
-def write_run_dir(folder: Path, base: Path, valid: bool) -> JobSpec:
+def write_run_dir(folder: Path, base: Path, valid: bool, lr: float = 1e-3) -> JobSpec:
     folder.mkdir(parents=True)
     data = (REPO / "tests" / "data" / "json_answers.jsonl").read_text().splitlines()
     (folder / "train.jsonl").write_text("\n".join(data[:8]) + "\n")
@@ -50,7 +50,7 @@ def write_run_dir(folder: Path, base: Path, valid: bool) -> JobSpec:
         "base_dir": str(base),
         "n_epochs": 2,
         "batch_size": 4,
-        "learning_rate": 1e-3,
+        "learning_rate": lr,
         "seed": 0,
         "max_length": 256,
         "lora": {"rank": 4, "alpha": 8, "target_modules": "all-linear"},
@@ -117,3 +117,80 @@ def test_an_untouched_lora_leaves_the_base_unchanged(tiny_base):
     merged = lora.merge_and_unload()
     for name, tensor in merged.state_dict().items():
         assert torch.equal(tensor, reference[name]), name
+
+
+def write_dpo_run_dir(
+    folder: Path, base: Path, valid: bool, start_adapter: Path | None = None, lr: float = 5e-4
+) -> JobSpec:
+    folder.mkdir(parents=True)
+    pairs = (REPO / "tests" / "data" / "short_answer_pairs.jsonl").read_text().splitlines()
+    (folder / "train.jsonl").write_text("\n".join(pairs[:8]) + "\n")
+    if valid:
+        (folder / "valid.jsonl").write_text("\n".join(pairs[8:12]) + "\n")
+    spec = {
+        "base_dir": str(base),
+        "n_epochs": 2,
+        "batch_size": 4,
+        "learning_rate": lr,
+        "seed": 0,
+        "max_length": 256,
+        "lora": {"rank": 4, "alpha": 8, "target_modules": "all-linear"},
+        "method": "dpo",
+        "method_options": {"beta": 0.1, "sft_weight": 1.0},
+        "start_adapter": str(start_adapter) if start_adapter else None,
+    }
+    (folder / "job.json").write_text(json.dumps(spec))
+    return JobSpec.from_run_dir(folder)
+
+
+def lora_tensors(adapter_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(adapter_dir / "adapter_model.safetensors")
+
+
+def test_dpo_reports_loss_reward_accuracy_and_margin_train_and_valid(tiny_base, tmp_path):
+    spec = write_dpo_run_dir(tmp_path / "run", tiny_base, valid=True)
+    stream = io.StringIO()
+    run(spec, EventSink(stream))
+    events = events_of(stream)
+    progress = [e for e in events if e["type"] == "progress"]
+    assert len(progress) == 4  # 8 pairs / batch 4 x 2 epochs
+    for event in progress:
+        assert {"train_loss", "train_reward_accuracy", "train_reward_margin"} <= set(event)
+    checkpoints = [e for e in events if e["type"] == "checkpoint"]
+    assert len(checkpoints) == 2
+    for checkpoint in checkpoints:
+        assert 0 <= checkpoint["valid_reward_accuracy"] <= 1
+        assert checkpoint["valid_loss"] is not None and "valid_reward_margin" in checkpoint
+    result = events[-1]
+    assert result["type"] == "result" and result["steps"] == 4
+    assert result["valid_loss"] == min(c["valid_loss"] for c in checkpoints)
+    # Each pair runs as two sequences, each epoch.
+    assert result["trained_tokens"] > 2 * 8 * 2 * 10
+    # Only the trained adapter is saved, not the trainer's frozen reference.
+    assert sorted(p.name for p in spec.adapter_dir.iterdir() if p.is_dir()) == []
+    assert all(".ref." not in name for name in lora_tensors(spec.adapter_dir))
+
+
+def test_dpo_continues_an_adapter_and_uses_it_as_the_reference(tiny_base, tmp_path):
+    # A parent far enough from the base that a reference of the base would show a margin
+    # (about 0.14 on the first pair here).
+    parent = write_run_dir(tmp_path / "sft", tiny_base, valid=False, lr=3e-2)
+    run(parent, EventSink(io.StringIO()))
+    start = lora_tensors(parent.adapter_dir)
+
+    # So small a learning rate that the weights stay where they started: the parent's.
+    spec = write_dpo_run_dir(
+        tmp_path / "dpo", tiny_base, valid=False, start_adapter=parent.adapter_dir, lr=1e-9
+    )
+    stream = io.StringIO()
+    run(spec, EventSink(stream))
+    events = events_of(stream)
+    # The reference is the parent itself: no reward for either answer before training moves.
+    first = next(e for e in events if e["type"] == "progress")
+    assert abs(first["train_reward_margin"]) < 1e-3
+    trained = lora_tensors(spec.adapter_dir)
+    assert trained.keys() == start.keys()
+    for name, tensor in trained.items():
+        assert (tensor - start[name]).abs().max() < 1e-5, name
