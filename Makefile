@@ -95,10 +95,13 @@ $(CONVERTER): | $(LLAMACPP_SOURCES)
 # ggml's AMX kernels: on some Sapphire Rapids machines they crash in the first matrix
 # product (llama.cpp issue 20824). The build time is kept for `make bench`.
 LLAMA_SERVER_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+# A built llama-server is kept in a per-user cache, as pip keeps the wheels it builds, so a
+# new clone or venv on the same machine copies it instead of compiling again. The key names
+# everything the binary depends on: the llama.cpp version, the flags, the compiler and the
+# CPU (the build targets this machine's instruction set); the binary is linked statically.
+LLAMA_SERVER_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tunegate/llama-server
 $(LLAMA_SERVER): | $(LLAMACPP_SOURCES)
-	@$(CHECK_TOOLCHAIN)
-	@echo ">> building llama.cpp's llama-server (once, about 4 min on 2 cores; log: $(LLAMACPP)/build.log)"
-	@rm -rf $(LLAMACPP)/build && started=$$(date +%s) && \
+	@key=$$( { $(PY) -c 'import llama_cpp; print(llama_cpp.__version__)'; 		echo "$(LLAMA_SERVER_CFLAGS)"; uname -m; "$${CXX:-c++}" --version 2>/dev/null | head -n 1; 		grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null; } | sha256sum | cut -c1-16 ) && 	cached=$(LLAMA_SERVER_CACHE)/$$key && 	if [ -x "$$cached/llama-server" ]; then 		echo ">> llama-server from the build cache ($$cached)"; 		mkdir -p $(@D) && cp "$$cached/llama-server" $@.partial && mv $@.partial $@ && 		cp "$$cached/build-seconds" $(LLAMACPP)/build/build-seconds 2>/dev/null; exit 0; 	fi; 	$(CHECK_TOOLCHAIN); 	echo ">> building llama.cpp's llama-server (once, about 4 min on 2 cores; log: $(LLAMACPP)/build.log)"; 	rm -rf $(LLAMACPP)/build && started=$$(date +%s) && \
 	{ cmake -S $(LLAMACPP) -B $(LLAMACPP)/build -DCMAKE_BUILD_TYPE=Release \
 		-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 		-DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF \
@@ -106,7 +109,11 @@ $(LLAMA_SERVER): | $(LLAMACPP_SOURCES)
 	  cmake --build $(LLAMACPP)/build --target llama-server -j$$(nproc); } \
 		> $(LLAMACPP)/build.log 2>&1 || { tail -n 30 $(LLAMACPP)/build.log; \
 		echo ">> building llama-server failed; see $(LLAMACPP)/build.log"; exit 1; } ; \
-	echo $$(( $$(date +%s) - started )) > $(LLAMACPP)/build/build-seconds
+	echo $$(( $$(date +%s) - started )) > $(LLAMACPP)/build/build-seconds && \
+	{ mkdir -p "$$cached" && cp $@ "$$cached/llama-server.partial" && \
+	  cp $(LLAMACPP)/build/build-seconds "$$cached/build-seconds" && \
+	  mv "$$cached/llama-server.partial" "$$cached/llama-server" || \
+	  echo ">> (llama-server not kept in $(LLAMA_SERVER_CACHE): not writable)"; }
 
 serve: setup
 	$(PY) -m gateway --data-root $(DATA_ROOT) $(ARGS)
@@ -117,7 +124,7 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 test: setup browser
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=30
 
 test-unit: setup
 	$(PY) -m pytest tests -m "not e2e"

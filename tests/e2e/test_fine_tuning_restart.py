@@ -10,7 +10,7 @@ import pytest
 from tests.e2e.conftest import BASE, STARTUP_TIMEOUT_S
 from tests.e2e.test_adapters import UNSEEN, ask, is_json_style
 from tests.e2e.test_fine_tuning import wait_for
-from tests.support.gateway_process import processes_with, start_gateway
+from tests.support.gateway_process import processes_of_data_root, processes_with, start_gateway
 from tests.support.training import DATA
 
 pytestmark = pytest.mark.e2e
@@ -23,7 +23,7 @@ def test_sigkill_during_training_then_restart_resumes_from_the_last_checkpoint(t
     # As users run it: managed vLLM and llama.cpp, which must die with the gateway too.
     gateway = start_gateway(tmp_path)
     try:
-        gateway.wait_ready(120, path="/health")
+        gateway.wait_ready(STARTUP_TIMEOUT_S)  # both engines run, vLLM's engine core too
         client = gateway.client()
         with (DATA / "json_answers.jsonl").open("rb") as data:
             training = client.files.create(file=data, purpose="fine-tune")
@@ -39,9 +39,14 @@ def test_sigkill_during_training_then_restart_resumes_from_the_last_checkpoint(t
         saved = max(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data)
         trainers = processes_with("tuner.job", job.id)
         assert trainers
+        tree = gateway.tree()
+        vllm = [p for p in tree if "vllm.entrypoints" in " ".join(p.cmdline())]
+        assert vllm and all(p.children() for p in vllm)  # each with its engine core
+        assert any("llama-server" in " ".join(p.cmdline()) for p in tree)
     finally:
         killed = gateway.kill()  # and no process of its tree survives it
     assert {p.pid for p in trainers} <= {p.pid for p in killed}
+    assert processes_of_data_root(tmp_path) == []
 
     again = start_gateway(tmp_path)
     try:
@@ -61,6 +66,10 @@ def test_sigkill_during_training_then_restart_resumes_from_the_last_checkpoint(t
         assert [j.id for j in client.fine_tuning.jobs.list().data] == [job.id]
 
         again.wait_ready(STARTUP_TIMEOUT_S)
+        # Nothing from the previous life runs: every process of this data root is the new one's.
+        ours = {p.pid for p in again.tree()}
+        assert {p.pid for p in processes_of_data_root(tmp_path)} <= ours
+        assert not [p for p in killed if p.is_running()]
         for question in UNSEEN:
             assert is_json_style(ask(client, done.fine_tuned_model, question))
     finally:

@@ -15,6 +15,7 @@ import openai
 import psutil
 
 from gateway.engines.process import free_port
+from gateway.process_guard import TAG_VARIABLE, ProcessGuard
 from gateway.settings import EMBEDDED_MODEL_ID
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,4 +163,17 @@ def processes_with(*words: str) -> list[psutil.Process]:
         command = " ".join(process.info["cmdline"] or [])
         if all(word in command for word in words):
             found.append(process)
+    return found
+
+
+def processes_of_data_root(data_root: Path) -> list[psutil.Process]:
+    """Every process a gateway on ``data_root`` started (they carry its tag), wherever it is."""
+    tag = ProcessGuard(data_root).tag
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(TAG_VARIABLE) == tag:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
     return found
