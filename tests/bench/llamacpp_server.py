@@ -47,14 +47,9 @@ async def llamacpp_server(quick: bool) -> list[Row]:
             # The base's llama-server may have stopped as least recently used: ask it first.
             async with new_client(1) as client:
                 await stream_once(client, gateway.api_url + "/chat/completions", {}, _body(gguf_id))
-            engines = {e["name"]: e["url"] for e in gateway.engines()}
-            for family, model, name in (
-                ("llama.cpp", gguf_id, f"llama.cpp/{gguf_id}"),
-                ("vllm", EMBEDDED_MODEL_ID, f"vllm/{EMBEDDED_MODEL_ID}"),
-            ):
-                rows += await _concurrency_table(
-                    family, gateway.api_url, engines[name], model, duration_s
-                )
+            for family, model in (("llama.cpp", gguf_id), ("vllm", EMBEDDED_MODEL_ID)):
+                direct = gateway.engine_serving(model)["url"]
+                rows += await _concurrency_table(family, gateway.api_url, direct, model, duration_s)
     return rows + [_build_row()]
 
 
