@@ -11,7 +11,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from tests.bench.suites import BASE_CONFIG, Row, _last_line, _python
+from tests.bench.suites import BASE_CONFIG, Row, _last_line, _python, write_job_spec
 from tests.support.gateway_process import REPO
 
 PAIRS = REPO / "tests" / "data" / "short_answer_pairs.jsonl"
@@ -36,21 +36,8 @@ async def dpo(quick: bool) -> list[Row]:
                 )
             )
         )
-        (run_dir / "job.json").write_text(
-            json.dumps(
-                {
-                    "base_dir": str(base),
-                    "n_epochs": epochs,
-                    "batch_size": batch,
-                    "learning_rate": lr,
-                    "seed": 0,
-                    "max_length": 2048,
-                    "lora": {"rank": 8, "alpha": 16, "target_modules": "all-linear"},
-                    "method": "dpo",
-                    "method_options": {"beta": beta, "sft_weight": 1.0},
-                }
-            )
-        )
+        options = {"beta": beta, "sft_weight": 1.0}
+        write_job_spec(run_dir, epochs, batch, lr, method="dpo", method_options=options)
         events = [
             json.loads(line)
             for line in (await _python("-m", "tuner.job", str(run_dir))).splitlines()

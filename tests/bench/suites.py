@@ -352,6 +352,22 @@ def _varied_dataset(path: Path, count: int) -> None:
             out.write(json.dumps({"messages": messages}) + "\n")
 
 
+def write_job_spec(run_dir: Path, epochs: int, batch: int, lr: float, **method: object) -> None:
+    """The ``job.json`` the gateway would write for the trainer: SmolLM2, a rank-8 LoRA on
+    every linear layer, seed 0; ``method`` adds the method's own fields (DPO's)."""
+    spec = {
+        "base_dir": str(BASE_CONFIG.parent),
+        "n_epochs": epochs,
+        "batch_size": batch,
+        "learning_rate": lr,
+        "seed": 0,
+        "max_length": 2048,
+        "lora": {"rank": 8, "alpha": 16, "target_modules": "all-linear"},
+        **method,
+    }
+    (run_dir / "job.json").write_text(json.dumps(spec))
+
+
 async def tuner(quick: bool) -> list[Row]:
     """tunegate's trainer vs a plain TRL SFTTrainer script: same data, model, LoRA and settings."""
     epochs, batch, lr = 1, 8, 1e-3
@@ -374,19 +390,7 @@ async def tuner(quick: bool) -> list[Row]:
                 )
             )
         )
-        (run_dir / "job.json").write_text(
-            json.dumps(
-                {
-                    "base_dir": str(base),
-                    "n_epochs": epochs,
-                    "batch_size": batch,
-                    "learning_rate": lr,
-                    "seed": 0,
-                    "max_length": 2048,
-                    "lora": {"rank": 8, "alpha": 16, "target_modules": "all-linear"},
-                }
-            )
-        )
+        write_job_spec(run_dir, epochs, batch, lr)
         events = [
             json.loads(line)
             for line in (await _python("-m", "tuner.job", str(run_dir))).splitlines()

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from gateway.settings import EMBEDDED_MODEL_ID
-from tests.bench.suites import BASE_CONFIG, Row, _varied_dataset, fake_upstream
+from tests.bench.suites import Row, _varied_dataset, fake_upstream, write_job_spec
 from tests.support.gateway_process import REPO, start_gateway
 
 DATA = REPO / "tests" / "data" / "json_answers.jsonl"
@@ -134,19 +134,7 @@ async def _train(run_dir: Path, data: Path, processes: int, cpus: str) -> dict:
     """One trainer run, as a one-process slot or a slot of ``processes`` ranks."""
     run_dir.mkdir()
     (run_dir / "train.jsonl").write_bytes(data.read_bytes())
-    (run_dir / "job.json").write_text(
-        json.dumps(
-            {
-                "base_dir": str(BASE_CONFIG.parent),
-                "n_epochs": 1,
-                "batch_size": 8,
-                "learning_rate": 1e-3,
-                "seed": 0,
-                "max_length": 2048,
-                "lora": {"rank": 8, "alpha": 16, "target_modules": "all-linear"},
-            }
-        )
-    )
+    write_job_spec(run_dir, epochs=1, batch=8, lr=1e-3)
     launcher = (
         ["-m", "tuner.job"]
         if processes == 1
