@@ -101,7 +101,18 @@ LLAMA_SERVER_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mn
 # CPU (the build targets this machine's instruction set); the binary is linked statically.
 LLAMA_SERVER_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tunegate/llama-server
 $(LLAMA_SERVER): | $(LLAMACPP_SOURCES)
-	@key=$$( { $(PY) -c 'import llama_cpp; print(llama_cpp.__version__)'; 		echo "$(LLAMA_SERVER_CFLAGS)"; uname -m; "$${CXX:-c++}" --version 2>/dev/null | head -n 1; 		grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null; } | sha256sum | cut -c1-16 ) && 	cached=$(LLAMA_SERVER_CACHE)/$$key && 	if [ -x "$$cached/llama-server" ]; then 		echo ">> llama-server from the build cache ($$cached)"; 		mkdir -p $(@D) && cp "$$cached/llama-server" $@.partial && mv $@.partial $@ && 		cp "$$cached/build-seconds" $(LLAMACPP)/build/build-seconds 2>/dev/null; exit 0; 	fi; 	$(CHECK_TOOLCHAIN); 	echo ">> building llama.cpp's llama-server (once, about 4 min on 2 cores; log: $(LLAMACPP)/build.log)"; 	rm -rf $(LLAMACPP)/build && started=$$(date +%s) && \
+	@key=$$( { $(PY) -c 'import llama_cpp; print(llama_cpp.__version__)'; \
+		echo "$(LLAMA_SERVER_CFLAGS)"; uname -m; "$${CXX:-c++}" --version 2>/dev/null | head -n 1; \
+		grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null; } | sha256sum | cut -c1-16 ) && \
+	cached=$(LLAMA_SERVER_CACHE)/$$key && \
+	if [ -x "$$cached/llama-server" ]; then \
+		echo ">> llama-server from the build cache ($$cached)"; \
+		mkdir -p $(@D) && cp "$$cached/llama-server" $@.partial && mv $@.partial $@ && \
+		cp "$$cached/build-seconds" $(LLAMACPP)/build/build-seconds 2>/dev/null; exit 0; \
+	fi; \
+	$(CHECK_TOOLCHAIN); \
+	echo ">> building llama.cpp's llama-server (once, about 4 min on 2 cores; log: $(LLAMACPP)/build.log)"; \
+	rm -rf $(LLAMACPP)/build && started=$$(date +%s) && \
 	{ cmake -S $(LLAMACPP) -B $(LLAMACPP)/build -DCMAKE_BUILD_TYPE=Release \
 		-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 		-DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF \
