@@ -38,9 +38,13 @@ CHECK_TOOLCHAIN = command -v cmake >/dev/null && command -v "$${CXX:-c++}" >/dev
 	command -v "$${CC:-cc}" >/dev/null || { echo ">> set-up needs a C/C++ compiler and cmake" \
 	"to build llama.cpp, and one is missing (Debian/Ubuntu: apt-get install g++ cmake)"; exit 1; }
 
-.PHONY: setup browser serve test test-unit test-e2e bench lint clean
+.PHONY: setup toolchain browser serve test test-unit test-e2e bench lint clean
 
 setup: $(INSTALLED) $(MODEL) $(CONVERTER) $(LLAMA_SERVER)
+
+# The same check alone: does this machine have what set-up compiles with?
+toolchain:
+	@$(CHECK_TOOLCHAIN)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
