@@ -86,6 +86,12 @@ class GatewayMetrics:
             ("engine", "state"),
             registry=self.registry,
         )
+        self.loop_stalls = Histogram(
+            "tunegate_event_loop_stall_seconds",
+            "Times the gateway's event loop was held for a second or more, and for how long.",
+            buckets=(1, 2, 5, 10, 30, 60),
+            registry=self.registry,
+        )
         self._engine_families = _EngineFamilies()
         self.registry.register(self._engine_families)
 

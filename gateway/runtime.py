@@ -30,6 +30,7 @@ from gateway.finetune.jobs_store import JobStore
 from gateway.finetune.merges import MergeService
 from gateway.finetune.service import FineTuningService
 from gateway.forwarding import Forwarder, RequestLimits
+from gateway.loop_watch import LoopWatch
 from gateway.metrics import GatewayMetrics
 from gateway.process_guard import ProcessGuard
 from gateway.settings import BaseModelSpec, Settings
@@ -49,6 +50,7 @@ class GatewayRuntime:
     fine_tuning: FineTuningService
     merges: MergeService
     guard: ProcessGuard
+    loop_watch: LoopWatch
 
     def engine_statuses(self) -> list[EngineStatus]:
         return [status for engine in self.engines.values() for status in engine.statuses()]
@@ -87,6 +89,7 @@ class GatewayRuntime:
         self.metrics.set_engine_families([family for report in reports for family in report])
 
     async def close(self) -> None:
+        await self.loop_watch.stop()
         await self.fine_tuning.stop()
         await self.merges.stop()
         await asyncio.gather(*(e.stop() for e in self.engines.values()), return_exceptions=True)
@@ -217,6 +220,7 @@ def assemble_runtime(
         fine_tuning=fine_tuning,
         merges=merges,
         guard=guard,
+        loop_watch=LoopWatch(metrics.loop_stalls.observe),
     )
 
 
@@ -236,6 +240,7 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
         builder.add_base(spec)
     base_dirs = {s.id: s.hf_dir for s in specs if s.hf_dir is not None}
     runtime = assemble_runtime(settings, http, catalog, builder.engines, base_dirs, guard)
+    runtime.loop_watch.start()
     runtime.merges.start()
     runtime.fine_tuning.start()
     for engine in builder.engines.values():

@@ -71,6 +71,7 @@ def serve(settings: Settings) -> None:
         access_log=settings.log_level == "debug",
         loop="uvloop",
         http="httptools",
+        timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=30,
     )
     _GracefulServer(config, app.state.drain, settings.drain_timeout_s).run()

@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the gateway (debug also logs each request)."
     )
+    keep_alive_s: float = Field(
+        75.0,
+        gt=0,
+        description="Seconds an idle client connection stays open. Longer than HTTP clients "
+        "keep theirs (5 s in the openai SDK), so none sends on a connection being closed.",
+    )
 
     # --- data and models ----------------------------------------------------
     data_root: Path = Field(Path("var"), description="Where models, adapters, files and jobs live.")

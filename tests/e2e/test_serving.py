@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 
@@ -245,3 +246,21 @@ def test_models_show_each_replica_of_a_base(client):
     (replica,) = base["replicas"]
     assert replica["state"] == "ready" and replica["name"] == f"vllm/{BASE}/0"
     assert {"in_flight", "requests", "adapters"} <= set(replica)
+
+
+def test_an_idle_connection_outlives_the_clients_own_keep_alive(gateway):
+    """httpx (under the openai SDK) reuses a connection idle for up to 5 s: the gateway
+    must keep it open longer, or the next request meets a socket being closed."""
+    request = b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        replies = connection.makefile("rb")
+        for wait_s in (0, 6):
+            time.sleep(wait_s)
+            connection.sendall(request)
+            assert replies.readline().startswith(b"HTTP/1.1 200")
+            headers = {}
+            while (line := replies.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            replies.read(int(headers["content-length"]))
