@@ -10,6 +10,7 @@ up, and a request for a model whose engine is starting waits for it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from adapters.registry import AdapterRegistry
+from gateway import stream_client
 from gateway.adapter_service import AdapterService
 from gateway.base_models import base_model_specs, prepare_embedded_checkpoint
 from gateway.catalog import ModelCatalog, ModelEntry
@@ -29,13 +31,16 @@ from gateway.finetune.files import FileStore
 from gateway.finetune.jobs_store import JobStore
 from gateway.finetune.merges import MergeService
 from gateway.finetune.service import FineTuningService
-from gateway.forwarding import Forwarder, RequestLimits
+from gateway.forwarding import Forwarder, RequestLimits, StreamOpener
 from gateway.loop_watch import LoopWatch
 from gateway.metrics import GatewayMetrics
 from gateway.process_guard import ProcessGuard
 from gateway.settings import BaseModelSpec, Settings
 
 log = logging.getLogger(__name__)
+
+# Engines are local processes or servers the user named: a connect is quick or refused.
+_CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -99,7 +104,7 @@ class GatewayRuntime:
 
 def _new_http_client(settings: Settings) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.upstream_timeout_s, connect=5.0),
+        timeout=httpx.Timeout(settings.upstream_timeout_s, connect=_CONNECT_TIMEOUT_S),
         limits=httpx.Limits(
             max_connections=settings.upstream_max_connections,
             max_keepalive_connections=settings.upstream_max_connections,
@@ -183,9 +188,11 @@ def assemble_runtime(
     engines: dict[str, Engine],
     base_dirs: dict[str, Path],
     guard: ProcessGuard,
+    open_stream: StreamOpener | None = None,
 ) -> GatewayRuntime:
     """The services around a model table and its engines: adapters, forwarding, files,
-    fine-tuning and merges. Nothing is started here (tests assemble fakes the same way)."""
+    fine-tuning and merges. Nothing is started here (tests assemble fakes the same way,
+    and their streams go through ``http`` too)."""
     registry = AdapterRegistry(
         settings.adapters_dir,
         import_roots=settings.adapter_import_dirs,
@@ -195,7 +202,9 @@ def assemble_runtime(
     adapters = AdapterService(registry, catalog, engines)
     adapters.load_registered()
     metrics = GatewayMetrics()
-    forwarder = Forwarder(catalog, engines, http, metrics, RequestLimits.from_settings(settings))
+    forwarder = Forwarder(
+        catalog, engines, http, metrics, RequestLimits.from_settings(settings), open_stream
+    )
     database = open_database(settings.data_root / "jobs.sqlite")
     merges = MergeService(settings, database, adapters, catalog, engines, base_dirs, guard)
     fine_tuning = FineTuningService(
@@ -239,7 +248,14 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
     for spec in specs:
         builder.add_base(spec)
     base_dirs = {s.id: s.hf_dir for s in specs if s.hf_dir is not None}
-    runtime = assemble_runtime(settings, http, catalog, builder.engines, base_dirs, guard)
+    open_stream = functools.partial(
+        stream_client.open_stream,
+        connect_timeout_s=_CONNECT_TIMEOUT_S,
+        read_timeout_s=settings.upstream_timeout_s,
+    )
+    runtime = assemble_runtime(
+        settings, http, catalog, builder.engines, base_dirs, guard, open_stream
+    )
     runtime.loop_watch.start()
     runtime.merges.start()
     runtime.fine_tuning.start()

@@ -23,16 +23,13 @@ from pathlib import Path
 
 from gateway.engines.llamacpp import DEFAULT_SERVER_BIN
 from gateway.settings import EMBEDDED_MODEL_ID
-from tests.bench.load import new_client, stream_once
+from tests.bench.load import lean_stream
 from tests.bench.suites import BASE_CONFIG, CHAT_PATH, STORY, Row, _register, running_gateway
 from tests.support.adapter_factory import write_adapter
 
 CONCURRENCY = (1, 4, 8)
 ANSWER_TOKENS = 96
 DECODE_TOKENS = 128  # the merged model's single-stream answers
-# llama-server closes the connection after each stream, unannounced: asking for it, as the
-# gateway does, keeps the load from reusing a connection that is being closed.
-CLOSE = {"Connection": "close"}
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -46,8 +43,7 @@ async def llamacpp_server(quick: bool) -> list[Row]:
             rows = await _merged_decode(gateway, folder, rounds)
             gguf_id = f"{EMBEDDED_MODEL_ID}-gguf"
             # The base's llama-server may have stopped as least recently used: ask it first.
-            async with new_client(1) as client:
-                await stream_once(client, gateway.api_url + "/chat/completions", {}, _body(gguf_id))
+            await lean_stream(gateway.api_url + "/chat/completions", None, _body(gguf_id))
             for family, model in (("llama.cpp", gguf_id), ("vllm", EMBEDDED_MODEL_ID)):
                 direct = gateway.engine_serving(model)["url"]
                 rows += await _concurrency_table(family, gateway.api_url, direct, model, pairs)
@@ -82,19 +78,18 @@ async def _merged_decode(gateway, adapter_folder: Path, rounds: int) -> list[Row
         "messages": STORY,
         "max_tokens": DECODE_TOKENS,
         "temperature": 0,
+        "stream_options": {"include_usage": True},
     }
     # The same file, loaded in this process too; the three take turns, one answer each,
     # so that the host's drift falls on all three alike.
     local = await asyncio.to_thread(_load_in_process, gguf)
-    async with new_client(2) as client:
-        first = await stream_once(client, chat, {}, long)
-        engine_url = gateway.engine_serving(state["model"])["url"]
-        through, server, in_process = [], [], []
-        for _ in range(rounds):
-            through.append((await stream_once(client, chat, {}, long)).tokens_per_s)
-            direct = await stream_once(client, engine_url + CHAT_PATH, CLOSE, long)
-            server.append(direct.tokens_per_s)
-            in_process.append(await asyncio.to_thread(_in_process_decode_tokens_per_s, local))
+    first = await lean_stream(chat, None, long)
+    engine_url = gateway.engine_serving(state["model"])["url"]
+    through, server, in_process = [], [], []
+    for _ in range(rounds):
+        through.append((await lean_stream(chat, None, long)).tokens_per_s)
+        server.append((await lean_stream(engine_url + CHAT_PATH, None, long)).tokens_per_s)
+        in_process.append(await asyncio.to_thread(_in_process_decode_tokens_per_s, local))
     del local
     gateway_rate = statistics.median(through)
     server_rate = statistics.median(server)
@@ -145,15 +140,12 @@ async def _concurrency_table(
     by 10-20% from one window to the next, and taking turns spreads that drift over every
     cell alike."""
     body = _body(model)
-    sides = {
-        "direct": (engine_url + CHAT_PATH, CLOSE if family == "llama.cpp" else None),
-        "gateway": (gateway_url + "/chat/completions", None),
-    }
+    sides = {"direct": engine_url + CHAT_PATH, "gateway": gateway_url + "/chat/completions"}
     samples: dict[tuple[int, str], list[float]] = {}
     for _ in range(pairs):
         for concurrency in CONCURRENCY:
-            for side, (url, headers) in sides.items():
-                rate = await _aggregate_tokens_per_s(url, body, concurrency, headers)
+            for side, url in sides.items():
+                rate = await _aggregate_tokens_per_s(url, body, concurrency)
                 samples.setdefault((concurrency, side), []).append(rate)
     measured = {
         c: {side: statistics.median(samples[c, side]) for side in sides} for c in CONCURRENCY
@@ -188,32 +180,14 @@ async def _concurrency_table(
     return rows
 
 
-async def _aggregate_tokens_per_s(
-    url: str, body: dict, concurrency: int, headers: dict | None = None
-) -> float:
+async def _aggregate_tokens_per_s(url: str, body: dict, concurrency: int) -> float:
     """``concurrency`` clients stream one answer each, all at once: the same work on both
     sides, and short windows, so that the turns are fine-grained."""
-    warm_up = {**body, "max_tokens": 1}  # connections, and the prompt in each slot's cache
-    async with new_client(concurrency) as client:
-        await asyncio.gather(
-            *(_stream_tokens(client, url, warm_up, headers) for _ in range(concurrency))
-        )
-        started = time.perf_counter()
-        answers = [_stream_tokens(client, url, body, headers) for _ in range(concurrency)]
-        counts = await asyncio.gather(*answers)
-        return sum(counts) / (time.perf_counter() - started)
-
-
-async def _stream_tokens(client, url: str, body: dict, headers: dict | None) -> int:
-    """Streams one answer; its completion tokens, from the usage chunk at the end."""
-    last = ""
-    stream = client.stream("POST", url, json={**body, "stream": True}, headers=headers)
-    async with stream as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                last = line
-    return int(json.loads(last[6:])["usage"]["completion_tokens"])
+    warm_up = {**body, "max_tokens": 1}  # the prompt in each slot's cache
+    await asyncio.gather(*(lean_stream(url, None, warm_up) for _ in range(concurrency)))
+    started = time.perf_counter()
+    answers = await asyncio.gather(*(lean_stream(url, None, body) for _ in range(concurrency)))
+    return sum(a.completion_tokens for a in answers) / (time.perf_counter() - started)
 
 
 @contextlib.contextmanager
