@@ -67,6 +67,17 @@ def trained_adapters(gateway: GatewayProcess, import_dir: Path) -> dict[str, str
     return gateway.register_adapters(trained, BASE)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    """A failed test shows what the shared gateway logged last: a failure seen only
+    in CI can be read from its output."""
+    report = yield
+    gateway = getattr(item, "funcargs", {}).get("gateway")
+    if report.failed and isinstance(gateway, GatewayProcess):
+        report.sections.append(("the gateway's log, last lines", gateway.log_tail(40)))
+    return report
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that restart an engine run last: a restart costs a vLLM start-up."""
     items.sort(key=lambda item: item.get_closest_marker("restarts_engine") is not None)

@@ -6,13 +6,15 @@ import asyncio
 import logging
 import time
 
-from gateway.loop_watch import TICK_S, LoopWatch
+from gateway.loop_watch import LoopWatch
 from gateway.metrics import GatewayMetrics
+
+TICK_S = 0.1
 
 
 async def test_a_blocking_call_on_the_loop_is_reported_with_its_length(caplog):
     metrics = GatewayMetrics()
-    watch = LoopWatch(metrics.loop_stalls.observe, stall_s=0.5)
+    watch = LoopWatch(metrics.loop_stalls.observe, stall_s=0.5, tick_s=TICK_S)
     watch.start()
     await asyncio.sleep(TICK_S / 2)
     with caplog.at_level(logging.WARNING, logger="gateway.loop_watch"):
@@ -27,7 +29,7 @@ async def test_a_blocking_call_on_the_loop_is_reported_with_its_length(caplog):
 
 async def test_a_loop_that_keeps_turning_reports_nothing():
     stalls: list[float] = []
-    watch = LoopWatch(stalls.append, stall_s=0.5)
+    watch = LoopWatch(stalls.append, stall_s=0.5, tick_s=TICK_S)
     watch.start()
     for _ in range(20):
         time.sleep(0.02)  # short holds, as ordinary work makes
