@@ -252,6 +252,7 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
         stream_client.open_stream,
         connect_timeout_s=_CONNECT_TIMEOUT_S,
         read_timeout_s=settings.upstream_timeout_s,
+        tls=httpx.create_ssl_context(trust_env=False),  # as the httpx client's
     )
     runtime = assemble_runtime(
         settings, http, catalog, builder.engines, base_dirs, guard, open_stream

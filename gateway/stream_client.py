@@ -16,11 +16,13 @@ uses, so the two paths share the failover and error handling.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import httptools
+import httpx
 
 # Past this much unread answer, the engine is paused (TCP back-pressure) until
 # the client catches up.
@@ -87,6 +89,10 @@ class _AnswerProtocol(asyncio.Protocol):
             self.framed = True
 
     def on_headers_complete(self) -> None:
+        if self.status < 200:  # an interim answer (100, 103): the real one follows
+            self.headers.clear()
+            self.framed = False
+            return
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -97,7 +103,8 @@ class _AnswerProtocol(asyncio.Protocol):
             self.transport.pause_reading()  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
-        self.complete = True
+        if self.headers_done:
+            self.complete = True
 
     # --- for the reader ---------------------------------------------------
     @property
@@ -144,17 +151,21 @@ class StreamedAnswer:
         self.headers = protocol.headers
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
-        """The body, in pieces: everything that arrived since the last one."""
+        """The body, in pieces: everything that arrived since the last one. The
+        connection is closed however the reading ends."""
         protocol = self._protocol
-        while True:
-            if protocol.pending:
-                yield protocol.take()
-            elif protocol.complete:
-                return
-            elif protocol.lost is not None:
-                raise protocol.lost
-            else:
-                await protocol.wait(self._read_timeout_s)
+        try:
+            while True:
+                if protocol.pending:
+                    yield protocol.take()
+                elif protocol.complete:
+                    return
+                elif protocol.lost is not None:
+                    raise protocol.lost
+                else:
+                    await protocol.wait(self._read_timeout_s)
+        finally:
+            await self.aclose()
 
     async def aread(self) -> bytes:
         return b"".join([piece async for piece in self.aiter_raw()])
@@ -171,8 +182,11 @@ async def open_stream(
     headers: dict[str, str],
     connect_timeout_s: float,
     read_timeout_s: float,
+    tls: ssl.SSLContext | None = None,
 ) -> StreamedAnswer:
-    """POST ``body`` to ``url`` and return once the answer's headers are in."""
+    """POST ``body`` to ``url`` and return once the answer's headers are in. For https,
+    ``tls`` is best made once (httpx's context: the CAs its other requests trust);
+    loading the CAs takes milliseconds."""
     parts = urlsplit(url)
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
@@ -183,7 +197,7 @@ async def open_stream(
                 _AnswerProtocol,
                 parts.hostname,
                 port,
-                ssl=ssl.create_default_context() if secure else None,
+                ssl=(tls or httpx.create_ssl_context()) if secure else None,
             ),
             connect_timeout_s,
         )
@@ -191,17 +205,10 @@ async def open_stream(
         raise StreamTimeoutError("no connection within the timeout") from error
     except OSError as error:
         raise StreamConnectError(str(error)) from error
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    head = [
-        f"POST {target} HTTP/1.1",
-        f"Host: {parts.netloc}",
-        f"Content-Length: {len(body)}",
-        *(f"{name}: {value}" for name, value in headers.items()),
-        "",
-        "",
-    ]
-    protocol.transport.write("\r\n".join(head).encode("latin-1") + body)
     try:
+        if protocol.lost is not None or protocol.transport.is_closing():
+            raise protocol.lost or StreamDroppedError("connection closed")
+        protocol.transport.write(_request_head(parts, len(body), headers) + body)
         while not protocol.headers_done:
             if protocol.lost is not None:
                 raise protocol.lost
@@ -210,3 +217,18 @@ async def open_stream(
         protocol.transport.close()
         raise
     return StreamedAnswer(protocol, read_timeout_s)
+
+
+def _request_head(parts: SplitResult, length: int, headers: dict[str, str]) -> bytes:
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    lines = [
+        f"POST {target} HTTP/1.1",
+        f"Host: {host}" + (f":{parts.port}" if parts.port else ""),
+        f"Content-Length: {length}",
+    ]
+    if parts.username is not None:  # http://user:password@host, as httpx sends it
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        lines.append("Authorization: Basic " + base64.b64encode(credentials.encode()).decode())
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

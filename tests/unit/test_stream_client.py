@@ -88,21 +88,56 @@ async def test_a_chunked_stream_arrives_whole_with_the_request_as_sent():
     assert b"\r\nAuthorization: Bearer k\r\n" in head and body == b'{"stream": true}'
 
 
+ERROR_BODY = b'{"error": {"message": "no"}}'
+
+
 @pytest.mark.parametrize(
     "framing",
-    [b"content-length: 27\r\n", b"connection: close\r\n"],
+    [b"content-length: %d\r\n" % len(ERROR_BODY), b"connection: close\r\n"],
     ids=["content-length", "until-close"],
 )
 async def test_an_error_answer_is_read_whole(framing):
     async def refuse(reader, writer):  # type: ignore[no-untyped-def]
         await read_request(reader)
-        writer.write(b"HTTP/1.1 400 Bad Request\r\n" + framing + b"\r\n")
-        writer.write(b'{"error": {"message": "no"}}'[:27])
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n" + framing + b"\r\n" + ERROR_BODY)
+        await writer.drain()
+        if b"close" not in framing:
+            await reader.read()  # the client closes once it has the whole body
 
     async with server(refuse) as url:
         answer = await opening(url)
         assert answer.status_code == 400
-        assert await answer.aread() == b'{"error": {"message": "no"}}'[:27]
+        assert await answer.aread() == ERROR_BODY
+
+
+async def test_an_interim_answer_is_skipped_for_the_real_one():
+    async def early_hints(reader, writer):  # type: ignore[no-untyped-def]
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n")
+        writer.write(SSE_HEAD + chunk(EVENTS[0]) + b"0\r\n\r\n")
+        await reader.read()
+
+    async with server(early_hints) as url:
+        answer = await opening(url)
+        assert answer.status_code == 200 and "link" not in answer.headers
+        assert await answer.aread() == EVENTS[0]
+
+
+async def test_a_base_url_with_a_path_and_credentials_is_honoured():
+    seen: list[bytes] = []
+
+    async def record(reader, writer):  # type: ignore[no-untyped-def]
+        seen.append((await read_request(reader))[0])
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+
+    async with server(record) as url:
+        with_user = url.replace("http://", "http://user:p%40ss@") + "/prefix"
+        answer = await open_stream(with_user + "/v1/chat/completions", b"{}", {}, 2.0, 5.0)
+        assert await answer.aread() == b"{}"
+    port = url.rsplit(":", 1)[1]
+    assert seen[0].startswith(b"POST /prefix/v1/chat/completions HTTP/1.1\r\n")
+    assert f"\r\nHost: 127.0.0.1:{port}\r\n".encode() in seen[0]
+    assert b"\r\nAuthorization: Basic dXNlcjpwQHNz\r\n" in seen[0]  # user:p@ss
 
 
 async def test_nobody_listening_is_a_connect_error():
@@ -195,6 +230,7 @@ async def test_a_reader_that_falls_behind_gets_every_byte():
     async with server(flood) as url:
         answer = await opening(url)
         await asyncio.sleep(0.5)  # the engine writes; nobody reads
+        assert answer._protocol._paused  # the engine waits, instead of the gateway buffering
         received = 0
         async for piece in answer.aiter_raw():
             received += len(piece)
