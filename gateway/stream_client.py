@@ -55,7 +55,6 @@ class _AnswerProtocol(asyncio.Protocol):
         self.headers_done = False
         self.complete = False
         self.lost: Exception | None = None
-        self.framed = False  # content-length or chunked: the end is known without EOF
         self.pending: list[bytes] = []
         self._pending_bytes = 0
         self._paused = False
@@ -75,7 +74,7 @@ class _AnswerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.complete and self.lost is None:
-            if self.headers_done and not self.framed and exc is None:
+            if self.headers_done and not self._framed() and exc is None:
                 self.complete = True  # a body that ends with the connection
             else:
                 self.lost = StreamDroppedError(str(exc or "connection closed"))
@@ -83,15 +82,11 @@ class _AnswerProtocol(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        self.headers[key] = value.decode("latin-1")
-        if key in ("content-length", "transfer-encoding"):
-            self.framed = True
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         if self.status < 200:  # an interim answer (100, 103): the real one follows
             self.headers.clear()
-            self.framed = False
             return
         self.headers_done = True
 
@@ -105,6 +100,10 @@ class _AnswerProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.headers_done:
             self.complete = True
+
+    def _framed(self) -> bool:
+        """A length or chunks: the body's end is known without the connection's."""
+        return "content-length" in self.headers or "transfer-encoding" in self.headers
 
     # --- for the reader ---------------------------------------------------
     @property
