@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.errors import ConflictError, ModelNotFoundError
+from gateway.model_names import OpenAINames
 
 ModelKind = Literal["base", "adapter", "merged"]
 
@@ -54,9 +55,11 @@ class ModelEntry:
 class ModelCatalog:
     """Model ids, plus short aliases that resolve while exactly one model has them."""
 
-    def __init__(self) -> None:
+    def __init__(self, openai_names: OpenAINames | None = None) -> None:
         self._entries: dict[str, ModelEntry] = {}
         self._aliases: dict[str, set[str]] = {}
+        # OpenAI names (setting openai_models), consulted after ids and aliases miss.
+        self.openai_names = openai_names or OpenAINames()
 
     def add(self, entry: ModelEntry, alias: str | None = None) -> None:
         """Add ``entry``; an empty alias adds none."""
@@ -85,13 +88,27 @@ class ModelCatalog:
         ids = self._aliases.get(name)
         if ids and len(ids) == 1:
             return self._entries[next(iter(ids))]
+        local = self.openai_names.get(name)
+        if local is not None and local != name and not ids:
+            return self._resolve_mapped(name, local)
         if ids:
             raise ModelNotFoundError(
                 name,
                 f"'{name}' is an alias of several models ({', '.join(sorted(ids))}); "
                 "use the full id.",
             )
-        raise ModelNotFoundError(name)
+        raise self.openai_names.not_found(name, self.base_ids())
+
+    def _resolve_mapped(self, name: str, local: str) -> ModelEntry:
+        entry = self._entries.get(local)
+        if entry is None and len(ids := self._aliases.get(local, ())) == 1:
+            entry = self._entries[next(iter(ids))]
+        if entry is None:
+            raise self.openai_names.not_found(name, self.base_ids())
+        return entry
+
+    def base_ids(self) -> list[str]:
+        return [e.id for e in self.entries() if e.kind == "base"]
 
     def aliases_of(self, model_id: str) -> list[str]:
         return sorted(a for a, ids in self._aliases.items() if ids == {model_id})

@@ -34,6 +34,7 @@ from gateway.finetune.service import FineTuningService
 from gateway.forwarding import Forwarder, RequestLimits, StreamOpener
 from gateway.loop_watch import LoopWatch
 from gateway.metrics import GatewayMetrics
+from gateway.model_names import OpenAINames
 from gateway.process_guard import ProcessGuard
 from gateway.settings import BaseModelSpec, Settings
 
@@ -193,6 +194,7 @@ def assemble_runtime(
     """The services around a model table and its engines: adapters, forwarding, files,
     fine-tuning and merges. Nothing is started here (tests assemble fakes the same way,
     and their streams go through ``http`` too)."""
+    catalog.openai_names = OpenAINames.from_settings(settings)
     registry = AdapterRegistry(
         settings.adapters_dir,
         import_roots=settings.adapter_import_dirs,

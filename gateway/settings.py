@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description='Further base models, as JSON: [{"id", "hf_dir", "gguf", "gguf_id"}].',
     )
+    openai_models: dict[str, str] | None = Field(
+        None,
+        description="OpenAI model names mapped to models served here, as JSON "
+        '({"gpt-4o-mini-2024-07-18": "smollm2-135m-instruct"}), on every route. Unset: '
+        "OpenAI's fine-tunable models map to the embedded model while it is served; a map "
+        "replaces that default ({} maps none).",
+    )
 
     adapter_import_dirs: list[Path] = Field(
         default_factory=list,

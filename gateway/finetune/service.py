@@ -125,7 +125,9 @@ class FineTuningService:
     def create(self, request: CreateJobRequest) -> dict[str, Any]:
         method = request.method_type()
         job_method(method)  # an unsupported method is refused before anything else
-        base, parent = self._starting_point(request.model)
+        # An OpenAI name (setting openai_models) trains its local base.
+        model = self._catalog.openai_names.to_local(request.model, self.trainable_bases())
+        base, parent = self._starting_point(model)
         self.files.get(request.training_file, "training_file")
         if request.validation_file:
             self.files.get(request.validation_file, "validation_file")

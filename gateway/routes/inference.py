@@ -43,13 +43,17 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, object]:
     runtime = runtime_of(request)
-    return {"object": "list", "data": [_described(runtime, e) for e in runtime.catalog.entries()]}
+    data = [_described(runtime, e) for e in runtime.catalog.entries()]
+    # OpenAI names mapped to a local model (setting openai_models), parent = that model.
+    data += runtime.catalog.openai_names.listed(runtime.catalog)
+    return {"object": "list", "data": data}
 
 
 @router.get("/v1/models/{model_id:path}", responses=errors(404))
 async def retrieve_model(model_id: str, request: Request) -> dict[str, object]:
     runtime = runtime_of(request)
-    return _described(runtime, runtime.catalog.resolve(model_id))
+    named = runtime.catalog.openai_names.described(model_id, runtime.catalog)
+    return named or _described(runtime, runtime.catalog.resolve(model_id))
 
 
 def _described(runtime: GatewayRuntime, entry: ModelEntry) -> dict[str, object]:
