@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.finetune.job_fields import check_integrations, check_metadata
 
 AutoInt = Literal["auto"] | Annotated[int, Field(ge=1)]
 
@@ -71,13 +73,24 @@ class CreateJobRequest(BaseModel):
     validation_file: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     suffix: Annotated[str, Field(max_length=64)] | None = None
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
-    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
+    metadata: dict[str, str] | None = None  # OpenAI's limits: job_fields
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     integrations: list[dict[str, Any]] | None = None
     # Extra: also merge the adapter and export a GGUF for llama.cpp when training ends,
     # e.g. ["gguf"] (q8_0) or ["gguf:f16", "gguf:q4_k_m"].
     export: list[str] | None = None
+
+    # Checked before pydantic's own checks, so that a refusal has OpenAI's wording and code.
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def openai_metadata(cls, value: Any) -> dict[str, str] | None:
+        return check_metadata(value)
+
+    @field_validator("integrations", mode="before")
+    @classmethod
+    def openai_integrations(cls, value: Any) -> list[dict[str, Any]] | None:
+        return check_integrations(value)
 
     def method_type(self) -> str:
         return self.method.type if self.method else "supervised"

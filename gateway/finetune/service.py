@@ -161,7 +161,7 @@ class FineTuningService:
             "trained_tokens": None,
             "training_file": request.training_file,
             "validation_file": request.validation_file,
-            "integrations": [],
+            "integrations": request.integrations or [],
             "metadata": request.metadata,
             "method": {"type": method, method: {"hyperparameters": shown}},
             "estimated_finish": None,
@@ -355,6 +355,7 @@ class FineTuningService:
             "batch_size": plan.batch_size,
             "learning_rate": plan.learning_rate,
             "seed": job["seed"],
+            "integrations": job.get("integrations") or [],  # tuner.integrations
             "max_length": self._settings.finetune_max_length,
             "lora": {
                 "rank": plan.lora_rank,
