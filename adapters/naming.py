@@ -14,7 +14,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from gateway.errors import InvalidRequestError
+from adapters.errors import InvalidAdapterNameError
 
 # Base ids: as the settings allow. Owner and suffix: OpenAI allows up to 64
 # characters in a suffix; they are lowercase here so aliases cannot collide by case.
@@ -66,7 +66,7 @@ def normalise_suffix(suffix: str | None) -> str:
 def check_name(value: str, param: str) -> str:
     """A suffix or owner: lowercase letters, digits, '-' and '_' only."""
     if not isinstance(value, str) or not NAME_PATTERN.match(value):
-        raise InvalidRequestError(
+        raise InvalidAdapterNameError(
             f"'{param}' must be 1-64 lowercase letters, digits, '-' or '_', starting with a "
             "letter or digit.",
             param=param,
@@ -78,7 +78,7 @@ def check_name(value: str, param: str) -> str:
 def check_lookup_name(text: str, param: str = "id") -> str:
     """An adapter id or alias given by a user; anything else (paths, NUL...) is refused."""
     if parse_adapter_id(text) is None and not NAME_PATTERN.match(text):
-        raise InvalidRequestError(
+        raise InvalidAdapterNameError(
             "Not a valid adapter id or alias.", param=param, code="invalid_name"
         )
     return text
@@ -98,5 +98,5 @@ def make_adapter_id(
     suffix = check_name(suffix, "suffix") if suffix else ""
     adapter_id = AdapterId(base, check_name(owner, "owner"), suffix, unique, checkpoint_step)
     if parse_adapter_id(str(adapter_id)) is None:
-        raise InvalidRequestError(f"'{base}' cannot be part of an adapter id.", param="base")
+        raise InvalidAdapterNameError(f"'{base}' cannot be part of an adapter id.", param="base")
     return adapter_id

@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.errors import TunegateError, error_body
+from adapters.errors import AdapterError
+from gateway.errors import TunegateError, error_body, from_adapter_error
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ _HTTP_STATUS_TYPES: dict[int, tuple[str, str | None]] = {
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TunegateError, _tunegate_error)
+    app.add_exception_handler(AdapterError, _adapter_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -35,6 +37,11 @@ def json_error(error: TunegateError) -> JSONResponse:
 async def _tunegate_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TunegateError)
     return json_error(exc)
+
+
+async def _adapter_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AdapterError)
+    return json_error(from_adapter_error(exc))
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -14,6 +14,9 @@
         └── EngineUnavailableError     503 engine_unavailable (+ Retry-After)
             └── ReplicaUnreachableError  503 engine_unavailable: one replica, tried elsewhere first
 
+The adapter registry's own errors (``adapters.errors``: invalid, not found,
+exists) become 400, 404 and 409 through ``from_adapter_error``.
+
 Every error leaves the gateway as ``{"error": {"message", "type", "param", "code"}}``
 with the status the ``openai`` SDK maps to its exception classes. Messages are
 written for users: they never carry a traceback or a file path.
@@ -24,6 +27,8 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+
+from adapters.errors import AdapterError
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +150,20 @@ _UPSTREAM_STATUS_TABLE: dict[int, type[TunegateError]] = {
     501: InvalidRequestError,  # llama-server: a feature this model or engine lacks
     503: EngineUnavailableError,
 }
+
+
+# The adapter registry's kinds of error (it does not import the gateway) as the gateway's.
+_ADAPTER_ERROR_KINDS: dict[str, type[TunegateError]] = {
+    "invalid": InvalidRequestError,
+    "not_found": NotFoundError,
+    "conflict": ConflictError,
+}
+
+
+def from_adapter_error(error: AdapterError) -> TunegateError:
+    """An error of the adapter registry as the gateway reports it (same message and code)."""
+    error_cls = _ADAPTER_ERROR_KINDS.get(error.kind, TunegateError)
+    return error_cls(error.message, param=error.param, code=error.code)
 
 
 def error_body(

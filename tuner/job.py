@@ -37,87 +37,22 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.parent_death import arm_for_this_process_tree
 from tuner.checkpointing import checkpoint_step, latest_resumable, make_checkpoint_callback
 from tuner.distributed import Rank, finish, pin_to_cpus
 from tuner.dpo import DPO
+from tuner.integrations import report_to
+from tuner.job_spec import JobSpec, LoraOptions
 from tuner.methods import TRAIN_METRICS, TrainerSetup, TrainingMethod, pick_metrics
-from tuner.pause import PAUSE_FILE, make_pause_callback
+from tuner.parent_death import arm_for_this_process_tree
+from tuner.pause import make_pause_callback
 from tuner.sft import SUPERVISED
 
 METHODS: dict[str, TrainingMethod] = {"supervised": SUPERVISED, "dpo": DPO}
 
-
-@dataclass(frozen=True)
-class LoraOptions:
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    base_dir: Path
-    run_dir: Path
-    n_epochs: int
-    batch_size: int
-    learning_rate: float
-    seed: int
-    lora: LoraOptions
-    max_length: int
-    method: str = "supervised"
-    method_options: dict[str, Any] = field(default_factory=dict)  # e.g. DPO's beta
-    # An adapter (PEFT folder) whose weights the new adapter starts from; None: a fresh LoRA.
-    start_adapter: Path | None = None
-
-    @property
-    def train_file(self) -> Path:
-        return self.run_dir / "train.jsonl"
-
-    @property
-    def valid_file(self) -> Path:
-        return self.run_dir / "valid.jsonl"
-
-    @property
-    def adapter_dir(self) -> Path:
-        return self.run_dir / "adapter"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
-
-    @property
-    def servable_dir(self) -> Path:
-        """Checkpoint adapters, copied out for the gateway to register."""
-        return self.run_dir / "servable"
-
-    @property
-    def pause_file(self) -> Path:
-        return self.run_dir / PAUSE_FILE
-
-    @classmethod
-    def from_run_dir(cls, run_dir: Path) -> JobSpec:
-        data = json.loads((run_dir / "job.json").read_text())
-        lora = data["lora"]
-        start = data.get("start_adapter")
-        return cls(
-            base_dir=Path(data["base_dir"]),
-            run_dir=run_dir,
-            n_epochs=data["n_epochs"],
-            batch_size=data["batch_size"],
-            learning_rate=data["learning_rate"],
-            seed=data["seed"],
-            lora=LoraOptions(lora["rank"], lora["alpha"], 0.0, lora["target_modules"]),
-            max_length=data["max_length"],
-            method=data.get("method", "supervised"),
-            method_options=data.get("method_options", {}),
-            start_adapter=Path(start) if start else None,
-        )
+__all__ = ["METHODS", "JobSpec", "LoraOptions", "run"]
 
 
 class EventSink:
@@ -221,7 +156,7 @@ def shared_arguments(
         "load_best_model_at_end": has_valid,
         "metric_for_best_model": "eval_loss" if has_valid else None,
         "greater_is_better": False if has_valid else None,
-        "report_to": [],
+        "report_to": report_to(spec.run_dir),  # the job's integrations (W&B)
         "seed": spec.seed,
         "data_seed": spec.seed,
         "use_cpu": not torch.cuda.is_available(),

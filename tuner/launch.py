@@ -6,7 +6,7 @@ Without a config this is torchrun (DDP: gloo on CPUs, NCCL on GPUs); with an
 accelerate config file it is ``accelerate launch`` with that file, which is how
 FSDP or DeepSpeed are chosen (see docs/multi-process-training.md). Both run
 in this process, so that the ranks are this process's children and die with
-it: each rank arms its own parent-death signal at start (``gateway.parent_death``),
+it: each rank arms its own parent-death signal at start (``tuner.parent_death``),
 with this process named as the parent it must have.
 """
 
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.parent_death import arm_for_this_process_tree
+from tuner.parent_death import arm_for_this_process_tree
 
 TRAINER_MODULE = "tuner.job"
 

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tuner.job_spec import JobSpec
+
 if TYPE_CHECKING:  # the heavy imports stay inside the trainer process
     from transformers import Trainer
-
-    from tuner.job import JobSpec
 
 
 @dataclass(frozen=True)

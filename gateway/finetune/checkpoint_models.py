@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from adapters.errors import AdapterExistsError, AdapterNotFoundError
+from adapters.errors import AdapterError, AdapterExistsError, AdapterNotFoundError
 from adapters.naming import DEFAULT_OWNER, make_adapter_id
 from adapters.registry import RegisterRequest
 from gateway.adapter_service import AdapterService
@@ -62,7 +62,7 @@ class CheckpointModels:
             await self._adapters.register(request, extra_roots=(self._runs_dir,))
         except AdapterExistsError:
             pass  # announced again by a run that resumed before this step
-        except TunegateError as error:
+        except (TunegateError, AdapterError) as error:
             return error.message
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)
@@ -84,7 +84,7 @@ class CheckpointModels:
             await self._adapters.remove(model_id)
         except AdapterNotFoundError:
             pass  # deleted by the user already
-        except TunegateError as error:
+        except (TunegateError, AdapterError) as error:
             log.warning("could not remove checkpoint model %s: %s", model_id, error.message)
 
     def _announced_folder(self, job_id: str, adapter_dir: str | None) -> Path | None:

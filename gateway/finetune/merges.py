@@ -56,6 +56,16 @@ def check_quantization(value: Any) -> str:
     return str(value)
 
 
+def export_quantization(item: str) -> str:
+    """A job's ``export`` item: ``"gguf"`` (q8_0) or ``"gguf:<quantization>"``."""
+    kind, _, quantization = item.partition(":")
+    if kind != "gguf":
+        raise InvalidRequestError(
+            '\'export\' items are "gguf" or "gguf:<quantization>".', param="export"
+        )
+    return check_quantization(quantization or DEFAULT_QUANTIZATION)
+
+
 class MergeService:
     def __init__(
         self,

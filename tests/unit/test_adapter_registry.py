@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from adapters.errors import AdapterExistsError, AdapterNotFoundError, InvalidAdapterError
+from adapters.errors import (
+    AdapterExistsError,
+    AdapterNotFoundError,
+    InvalidAdapterError,
+    InvalidAdapterNameError,
+)
 from adapters.naming import check_lookup_name, make_adapter_id, normalise_suffix, parse_adapter_id
 from adapters.registry import AdapterRegistry, RegisterRequest
-from gateway.errors import InvalidRequestError
 from tests.support.adapter_factory import write_adapter, write_base
 
 
@@ -44,10 +48,10 @@ def test_ids_have_the_openai_form():
     assert parse_adapter_id("ft:base:local::ftjob-1").suffix == ""
     assert normalise_suffix("My Bot!") == "my-bot" and normalise_suffix(None) == ""
     for bad in ("Bad Suffix", "../x", "a/b", "x" * 65, "a\x00b", ":"):
-        with pytest.raises(InvalidRequestError):
+        with pytest.raises(InvalidAdapterNameError):
             make_adapter_id("base", bad, "u1")
     for bad in ("../x", "/etc/passwd", "..", "a\x00", "ft:../x:local:s:u"):
-        with pytest.raises(InvalidRequestError):
+        with pytest.raises(InvalidAdapterNameError):
             check_lookup_name(bad)
 
 
