@@ -8,6 +8,8 @@
     tunegate jobs list | show JOB | cancel JOB
     tunegate adapters list | rm ADAPTER
     tunegate merge ADAPTER [--quantization q8_0] [--follow]
+    tunegate import --from URL [--api-key KEY] [--job ID] [--status S] [--dry-run]
+                                                re-create another service's fine-tuning jobs
 
 It talks to ``$TUNEGATE_URL`` (default http://127.0.0.1:8000/v1) with
 ``$TUNEGATE_API_KEY``, through the official ``openai`` SDK (and httpx for the
@@ -223,6 +225,25 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from openai import OpenAI
+
+    from clients.importer import Importer, describe
+
+    key = args.api_key or os.environ.get("OPENAI_API_KEY")
+    if not key:
+        raise CliError("--api-key (or OPENAI_API_KEY) is needed to read the source's jobs")
+    source = OpenAI(base_url=args.source.rstrip("/"), api_key=key, max_retries=2)
+    importer = Importer(source, _client(), say=lambda line: print(line, file=sys.stderr))
+    plan = importer.plan(args.job or (), args.status or ())
+    print("\n".join(describe(plan)))
+    if args.dry_run:
+        return 0
+    for imported in importer.run(plan):
+        print(f"{imported.source_id}\t{imported.job_id}")
+    return 0
+
+
 # --- the parser -------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from gateway.settings_cli import add_settings_flags
@@ -302,6 +323,21 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--quantization", default="q8_0", choices=("q8_0", "f16", "q4_k_m"))
     merge.add_argument("--follow", action="store_true", help="wait; print the merged model id")
     merge.set_defaults(func=cmd_merge)
+
+    importing = sub.add_parser(
+        "import",
+        help="re-create another service's fine-tuning jobs here (OpenAI, or another tunegate)",
+    )
+    importing.add_argument(
+        "--from", dest="source", required=True, help="its API URL, e.g. https://api.openai.com/v1"
+    )
+    importing.add_argument("--api-key", help="its API key (default: $OPENAI_API_KEY)")
+    importing.add_argument("--job", action="append", help="only this job (repeatable)")
+    importing.add_argument(
+        "--status", action="append", help="only jobs with this status there (repeatable)"
+    )
+    importing.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    importing.set_defaults(func=cmd_import)
     return parser
 
 

@@ -80,8 +80,11 @@ class OpenAINames:
         return self._names.get(name, name)
 
     def to_local(self, name: str, local_bases: list[str]) -> str:
-        """A job's ``model`` as a local id; an OpenAI-looking name that is not mapped is
-        refused with the message that names the setting."""
+        """A job's ``model`` as a local id (a local base's own name wins); an
+        OpenAI-looking name that is not mapped is refused with the message that names
+        the setting."""
+        if name in local_bases:  # a local base may have any name, an OpenAI-like one too
+            return name
         local = self._names.get(name)
         if local is not None:
             return local
