@@ -6,8 +6,15 @@ line it was found on. On top of them: invalid UTF-8 and JSON, a minimum
 number of examples, exact duplicates (removed and counted), a consistent use
 of the system role, and examples longer than the model's context.
 
-Pure Python (plus the ``tokenizers`` library for lengths): the gateway runs it
-when a job is created; the trainer reads the cleaned result.
+Function calling (``tools``, ``tool_calls``, ``tool`` messages, the legacy
+``functions``) is checked by ``tuner.tool_checks``. Given the base's
+``TrainingChat`` as its token counter, the check renders and tokenizes every
+example exactly as the trainer will, with the template the trainer will use:
+what the base cannot train on (a tool call its template cannot express, an
+image for a text model) is an error on its line now, never a failed job later.
+
+Pure Python (plus ``jinja2`` and the ``tokenizers`` library): the gateway runs
+it when a job is created; the trainer reads the cleaned result.
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuner.chat_templates import TemplateError, TrainingChat
+from tuner.examples import to_training_rows
+from tuner.problems import Problem
+from tuner.tool_checks import CallLedger, check_tools, uses_tools
+
 ROLES = frozenset({"system", "user", "assistant", "tool", "function", "developer"})
 MESSAGE_KEYS = frozenset(
     {"role", "content", "name", "function_call", "tool_calls", "tool_call_id", "weight", "refusal"}
@@ -25,16 +37,10 @@ MESSAGE_KEYS = frozenset(
 EXAMPLE_KEYS = frozenset({"messages", "tools", "functions", "parallel_tool_calls"})
 # Per message: role and separators of a chat template (ChatML: about 4 tokens).
 _TEMPLATE_TOKENS_PER_MESSAGE = 5
-
-
-@dataclass(frozen=True)
-class Problem:
-    code: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message} ({self.code})"
+# Roles whose message may leave out its content (or give null): an assistant that calls tools.
+_CALLING_KEYS = ("tool_calls", "function_call")
+# Content parts a text model cannot train on; tunegate's bases are text models.
+_MEDIA_PARTS = frozenset({"image_url", "input_audio", "file", "image", "audio"})
 
 
 @dataclass
@@ -65,18 +71,27 @@ class DatasetLimits:
 def check_dataset(
     raw: bytes, limits: DatasetLimits, count_tokens: Callable[[str], int] | None = None
 ) -> CheckedDataset:
+    """``count_tokens``: a token counter, or the base's ``TrainingChat``, which also renders
+    each example with the trainer's template (and then counts the rendered tokens)."""
     result = CheckedDataset()
     seen: set[str] = set()
+    chat = count_tokens if isinstance(count_tokens, TrainingChat) else None
     for number, line in read_lines(raw, result):
         example = parse_line(line, number, result.errors)
         if example is None or not _check_example(example, number, result.errors):
             continue
-        key = json.dumps(example["messages"], sort_keys=True, ensure_ascii=False)
+        key = json.dumps(
+            {k: example.get(k) for k in sorted(EXAMPLE_KEYS)}, sort_keys=True, ensure_ascii=False
+        )
         if key in seen:
             result.duplicates_removed += 1
             continue
         seen.add(key)
-        if count_tokens is not None:
+        if chat is not None:
+            length = rendered_length(example, chat, number, result.errors)
+            if length is None or not fits(length, limits, number, result.errors):
+                continue
+        elif count_tokens is not None:
             length = estimate_tokens(example["messages"], count_tokens)
             if not fits(length, limits, number, result.errors):
                 continue
@@ -164,24 +179,43 @@ def _check_example(example: dict[str, Any], number: int, errors: list[Problem]) 
     unknown = sorted(set(example) - EXAMPLE_KEYS)
     if unknown:
         errors.append(Problem("data_type", number, f"unrecognised keys {unknown}"))
-    check_messages(messages, number, errors)
-    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+    declared = check_tools(example, number, errors)
+    ledger = CallLedger(declared, parallel=example.get("parallel_tool_calls") is not False)
+    check_messages(messages, number, errors, ledger=ledger)
+    assistants = [m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+    if not assistants:
         errors.append(Problem("example_missing_assistant_message", number, "no assistant message"))
+    elif all(m.get("weight", 1) == 0 for m in assistants):
+        errors.append(
+            Problem(
+                "example_missing_assistant_message",
+                number,
+                "every assistant message has weight 0: there is nothing to train on",
+            )
+        )
     return len(errors) == before
 
 
 def check_messages(
-    messages: list[Any], number: int, errors: list[Problem], where: str = "messages"
+    messages: list[Any],
+    number: int,
+    errors: list[Problem],
+    where: str = "messages",
+    ledger: CallLedger | None = None,
 ) -> None:
-    """The cookbook's per-message checks: keys, roles, text content."""
+    """The cookbook's per-message checks (keys, roles, text content), plus weights, media
+    parts and, with a ``ledger``, tool calls and the tool messages that answer them."""
+    ledger = ledger or CallLedger(None, parallel=True)
     for index, message in enumerate(messages):
         place = f"{where}[{index}]"
         if not isinstance(message, dict):
             errors.append(Problem("data_type", number, f"{place} is not an object"))
             continue
-        if "role" not in message or "content" not in message:
-            missing = "role" if "role" not in message else "content"
-            errors.append(Problem("message_missing_key", number, f"{place} has no '{missing}'"))
+        calls = any(message.get(key) for key in _CALLING_KEYS)
+        if "role" not in message:
+            errors.append(Problem("message_missing_key", number, f"{place} has no 'role'"))
+        elif "content" not in message and not calls:
+            errors.append(Problem("message_missing_key", number, f"{place} has no 'content'"))
         extra = sorted(set(message) - MESSAGE_KEYS)
         if extra:
             errors.append(Problem("message_unrecognized_key", number, f"{place} has keys {extra}"))
@@ -189,14 +223,97 @@ def check_messages(
             errors.append(
                 Problem("unrecognized_role", number, f"{place} has role {message['role']!r}")
             )
-        content = message.get("content")
-        if (
-            "content" in message
-            and not message.get("function_call")
-            and not message.get("tool_calls")
-        ):
-            if not content_text(content).strip():
-                errors.append(Problem("missing_content", number, f"{place} has no text content"))
+        _check_content(message, place, calls, number, errors)
+        _check_weight(message, place, number, errors)
+        ledger.check_message(message, place, number, errors)
+
+
+def _check_content(
+    message: dict[str, Any], place: str, calls: bool, number: int, errors: list[Problem]
+) -> None:
+    content = message.get("content")
+    if isinstance(content, list):
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in _MEDIA_PARTS:
+                errors.append(
+                    Problem(
+                        "unsupported_content_type",
+                        number,
+                        f"{place} has a '{kind}' content part; the base is a text model",
+                    )
+                )
+                return
+            if kind != "text" or not isinstance(part.get("text"), str):
+                errors.append(
+                    Problem("data_type", number, f"{place} has a content part that is not text")
+                )
+                return
+    elif content is not None and not isinstance(content, str):
+        errors.append(Problem("data_type", number, f"{place} content is not a string or list"))
+        return
+    if "content" in message and not calls and not content_text(content).strip():
+        errors.append(Problem("missing_content", number, f"{place} has no text content"))
+
+
+def _check_weight(message: dict[str, Any], place: str, number: int, errors: list[Problem]) -> None:
+    """As in OpenAI's format: 0 or 1, on assistant messages only."""
+    if "weight" not in message:
+        return
+    if message.get("role") != "assistant":
+        errors.append(Problem("invalid_weight", number, f"{place}: only assistant messages weigh"))
+    elif message["weight"] not in (0, 1) or isinstance(message["weight"], bool):
+        errors.append(Problem("invalid_weight", number, f"{place} weight must be 0 or 1"))
+
+
+def rendered_length(
+    example: dict[str, Any], chat: TrainingChat, number: int, errors: list[Problem]
+) -> int | None:
+    """Render and tokenize the example as the trainer will; its token count, or None (and
+    an error) when the base's template cannot train it."""
+    if uses_tools(example) and not chat.choice.expresses_tools:
+        errors.append(
+            Problem(
+                "tools_not_supported",
+                number,
+                "the example calls tools, but the base's chat template cannot express tools "
+                "and is not ChatML, so tunegate's tool template cannot stand in for it",
+            )
+        )
+        return None
+    try:
+        text = chat.render_example(example)
+        rows = [chat.tokenize_row(row) for row in to_training_rows(example)]
+    except TemplateError as exc:
+        errors.append(
+            Problem("template_error", number, f"the base's chat template cannot render it: {exc}")
+        )
+        return None
+    unshown = _calls_not_rendered(example, text)
+    if unshown:
+        errors.append(
+            Problem(
+                "tool_call_not_rendered",
+                number,
+                f"the base's chat template leaves out the call(s) to {unshown}",
+            )
+        )
+        return None
+    if any(1 not in row["completion_mask"] for row in rows):
+        errors.append(
+            Problem("missing_content", number, "an assistant message renders to no tokens")
+        )
+        return None
+    return chat(text)
+
+
+def _calls_not_rendered(example: dict[str, Any], text: str) -> list[str]:
+    names = [
+        (call.get("function") or {}).get("name")
+        for m in example["messages"]
+        for call in (m.get("tool_calls") or [])
+    ] + [(m.get("function_call") or {}).get("name") for m in example["messages"]]
+    return sorted({n for n in names if isinstance(n, str) and n not in text})
 
 
 def content_text(content: Any) -> str:
