@@ -23,12 +23,19 @@ from gateway.routes import (
 )
 from gateway.routes.openapi import install_openapi
 from gateway.runtime import GatewayRuntime, build_runtime
+from gateway.security import JSON, MULTIPART, SecurityMiddleware, SecurityPolicy
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Routes that take files: they get max_upload_bytes instead of max_request_bytes.
 UPLOAD_PATHS = ("/v1/adapters", "/v1/files", "/v1/fine_tunes")
+# The bodies the routes that do not take JSON read (every other route with a body: JSON only).
+BODY_TYPES = {
+    "/v1/adapters": (JSON, MULTIPART),
+    "/v1/files": (MULTIPART,),
+    "/v1/fine_tunes": (MULTIPART,),
+}
 
 
 RuntimeFactory = Callable[[Settings], Awaitable[GatewayRuntime]]
@@ -75,6 +82,8 @@ def create_app(
     )
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
+    # Before the key: a preflight carries none, and a page must learn nothing from a refusal.
+    app.add_middleware(SecurityMiddleware, policy=SecurityPolicy(settings, BODY_TYPES))
     # Outermost: while draining, even an unauthenticated caller learns it is 503.
     app.add_middleware(DrainMiddleware, state=app.state.drain)
     return app

@@ -4,6 +4,7 @@
     ├── InvalidRequestError            400 invalid_request_error
     │   └── InvalidJSONError           400 invalid_request_error / invalid_json
     ├── AuthenticationError            401 authentication_error / invalid_api_key
+    ├── PermissionDeniedError          403 invalid_request_error: a foreign Host or Origin
     ├── NotFoundError                  404 invalid_request_error
     │   └── ModelNotFoundError         404 invalid_request_error / model_not_found
     ├── ConflictError                  409 invalid_request_error / conflict
@@ -74,6 +75,14 @@ class AuthenticationError(TunegateError):
     status_code = 401
     error_type = "authentication_error"
     default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(TunegateError):
+    """Refused whoever asks: a Host or an Origin this gateway does not serve."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    default_code = "forbidden"
 
 
 class NotFoundError(TunegateError):

@@ -15,6 +15,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.middleware import DrainState
+from gateway.security import check_exposure
 from gateway.settings import Settings
 from gateway.settings_cli import add_settings_flags, settings_from_args
 
@@ -56,6 +57,7 @@ class _GracefulServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
+    check_exposure(settings)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -24,6 +24,7 @@ from pydantic_settings import (
 MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
 GGUF_ID_SUFFIX = "-gguf"
+ORIGIN_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://[^/]+")  # scheme://host[:port], as browsers send
 GPU_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$"  # an index or a GPU's UUID
 
 
@@ -96,6 +97,17 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(
         8 * 1024 * 1024, gt=0, description="Largest JSON request body accepted (413 above)."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the gateway answers to besides localhost, 127.0.0.1, [::1] and "
+        "the address it binds (any port); other Host headers get 403, the guard against DNS "
+        'rebinding. ["*"] turns the check off (behind a proxy that checks Host).',
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins (scheme://host[:port]) whose pages may call the gateway from a "
+        'browser (CORS); ["*"] allows any. Requests from other origins get 403.',
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the gateway (debug also logs each request)."
@@ -329,6 +341,25 @@ class Settings(BaseSettings):
         if len(set(urls)) != len(urls):
             raise ValueError("vllm_urls lists a server twice")
         return urls
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        names = [name.strip().lower() for name in value]
+        for name in names:
+            if not name or "/" in name:
+                raise ValueError(f"allowed_hosts takes host names, not {name!r}")
+        return names
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # As browsers write Origin: lowercase, no path, no trailing slash.
+        origins = [origin.strip().lower().rstrip("/") for origin in value]
+        for origin in origins:
+            if origin not in ("*", "null") and not ORIGIN_PATTERN.fullmatch(origin):
+                raise ValueError(f"cors_origins takes origins like http://host:port: {origin!r}")
+        return origins
 
     @field_validator("data_root")
     @classmethod

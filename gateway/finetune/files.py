@@ -38,7 +38,8 @@ class FileStore:
         folder.mkdir(parents=True, exist_ok=True)
 
     async def create(self, stream: IO[bytes], filename: str, purpose: str) -> dict[str, Any]:
-        """Store an upload atomically (copied to a temp file off the event loop, then renamed)."""
+        """Store an upload atomically: copied and hashed into a temp file, then renamed, in a
+        thread (a large upload would hold the event loop for seconds)."""
         file_id = "file-" + secrets.token_hex(12)
         size, digest = await asyncio.to_thread(self._write, stream, file_id)
         name = Path(filename or "upload").name[:255] or "upload"
@@ -105,10 +106,11 @@ class FileStore:
         ).fetchall()
         return page([_file_object(r) for r in rows[:limit]], len(rows) > limit)
 
-    def delete(self, file_id: str) -> dict[str, Any]:
+    async def delete(self, file_id: str) -> dict[str, Any]:
         self._row(file_id, "file_id")
         self._db.execute("DELETE FROM files WHERE id = ?", (file_id,))
-        (self.folder / file_id).unlink(missing_ok=True)
+        # Freeing a large file's blocks can take a while: not on the event loop.
+        await asyncio.to_thread((self.folder / file_id).unlink, missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}
 
     def _row(self, file_id: str, param: str) -> sqlite3.Row:

@@ -11,6 +11,7 @@ DELETE /v1/adapters/{id}         unload from the engine and remove
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 from typing import Any
@@ -112,8 +113,8 @@ async def _register_upload(request: Request) -> Any:
                 upload = form.get(field)
                 if not isinstance(upload, UploadFile):
                     raise InvalidAdapterError(f"Upload the file '{field}'.", param=field)
-                with (folder / file_name).open("wb") as target:
-                    shutil.copyfileobj(upload.file, target)
+                # An adapter may be a GiB: copied in a thread, not on the event loop.
+                await asyncio.to_thread(_save, upload, folder / file_name)
             return await service.register(
                 RegisterRequest(
                     folder=folder,
@@ -124,9 +125,14 @@ async def _register_upload(request: Request) -> Any:
                 )
             )
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, folder, True)
     finally:
         await form.close()
+
+
+def _save(upload: UploadFile, target: Path) -> None:
+    with target.open("wb") as writer:
+        shutil.copyfileobj(upload.file, writer)
 
 
 async def _json_body(request: Request) -> Any:

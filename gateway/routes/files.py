@@ -78,4 +78,4 @@ async def file_content(file_id: str, request: Request) -> FileResponse:
 
 @router.delete("/v1/files/{file_id}")
 async def delete_file(file_id: str, request: Request) -> dict[str, Any]:
-    return runtime_of(request).fine_tuning.files.delete(file_id)
+    return await runtime_of(request).fine_tuning.files.delete(file_id)

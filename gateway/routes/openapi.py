@@ -5,8 +5,9 @@ Routes declare the errors their service raises (``responses=errors(404, 409)``);
 error schema: ``400`` where a parameter or body is checked (FastAPI would
 say ``422``, which the gateway never answers), ``413`` where a body is read,
 ``401`` (a key is set) and ``503`` (shutting down) on every route but
-``/health``, ``404`` where a path names something. Routes that read their
-body themselves (uploads) describe it with ``request_body``.
+``/health``, ``403`` (a foreign Host or Origin) on every route, ``404`` where
+a path names something. Routes that read their body themselves (uploads)
+describe it with ``request_body``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ ALWAYS_REFUSED = "x-always-refused"
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Invalid request: bad JSON, a missing or invalid parameter",
     401: "Missing or wrong API key (when the gateway has one)",
+    403: "Refused whoever asks: a Host header not in allowed_hosts (DNS rebinding), or a "
+    "browser's cross-origin request from an origin not in cors_origins",
     404: "No such model, file, job, adapter or merge",
     409: "Conflict: the name is taken, or the thing is busy or finished",
     413: "Request body larger than the gateway's limit",
@@ -143,6 +146,7 @@ def _document_shared_errors(document: dict[str, Any]) -> None:
                 404: any(p.get("in") == "path" for p in parameters),
                 413: has_body,
                 401: path not in _UNGUARDED_PATHS,
+                403: True,  # the Host and Origin checks (gateway.security) guard every route
                 503: path not in _UNGUARDED_PATHS,
             }
             for status, applies in shared.items():

@@ -26,7 +26,9 @@ async def make_gateway(tmp_path, upstream) -> AsyncIterator[GatewayFactory]:
         settings = Settings(data_root=tmp_path, **settings_values)
         app = create_app(settings)
         app.state.runtime = fake_runtime(settings, upstream)
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+        # localhost: a name the gateway answers to (gateway.security checks Host).
+        transport = httpx.ASGITransport(app=app)
+        client = httpx.AsyncClient(transport=transport, base_url="http://localhost")
         client.app = app  # type: ignore[attr-defined]
         clients.append(client)
         return client

@@ -56,7 +56,9 @@ def _app():
     async def fake_engines(settings_: Settings):
         return fake_runtime(settings_, ResponsesUpstream())
 
-    return create_app(Settings(data_root=data_root, **limits), runtime_factory=fake_engines)
+    # schemathesis calls the app as http://testserver: a name the gateway must answer to.
+    settings = Settings(data_root=data_root, allowed_hosts=["testserver"], **limits)
+    return create_app(settings, runtime_factory=fake_engines)
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app())

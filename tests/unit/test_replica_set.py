@@ -177,7 +177,7 @@ async def test_a_request_that_cannot_reach_its_replica_is_answered_by_another(tm
     await engine.start()
     try:
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gw"
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost"
         ) as client:
             fakes.down.add("a.test")  # dies after its last health check
             chat = {"model": "base", "messages": [{"role": "user", "content": "Hi"}]}

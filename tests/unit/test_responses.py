@@ -30,7 +30,7 @@ def upstream() -> ResponsesUpstream:
 @pytest.fixture
 def sdk(gateway: httpx.AsyncClient) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
-        base_url="http://gw/v1", api_key="unused", http_client=gateway, max_retries=0
+        base_url="http://localhost/v1", api_key="unused", http_client=gateway, max_retries=0
     )
 
 
