@@ -4,7 +4,8 @@
         [--quantization q8_0|f16|q4_k_m] [--work DIR]
 
 1. PEFT ``merge_and_unload`` into an HF checkpoint (with the base's tokenizer
-   and chat template, so the merged model stops where the adapter stops);
+   and the chat template the adapter was trained with, so the merged model stops
+   where the adapter stops and writes tool calls as the adapter learned them);
 2. llama.cpp's own ``convert_hf_to_gguf.py``, from the sdist of the pinned
    llama-cpp-python (set up by ``make setup`` under the venv's share/ folder);
 3. for types the converter cannot write (q4_k_m), llama.cpp's quantiser via
@@ -25,6 +26,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from tuner.chat_templates import chat_for_training
 
 CONVERTER_DIR = Path(sys.prefix) / "share" / "tunegate" / "llama.cpp"
 # Quantisation -> (converter --outtype, llama.cpp ftype to quantise to afterwards, or None).
@@ -48,7 +51,13 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    # The template the adapter was trained with (tunegate's tool template for a ChatML
+    # base without tools), so the GGUF's metadata renders and parses tool calls as trained.
+    chat = chat_for_training(base_dir, tokenizer)
+    if chat is not None:
+        tokenizer.chat_template = chat.choice.template
+    tokenizer.save_pretrained(out_dir)
     return out_dir
 
 

@@ -1,17 +1,33 @@
-"""The supervised method: TRL's SFTTrainer on prompt/completion rows, loss on the answers only."""
+"""The supervised method: TRL's SFTTrainer on prompt/completion rows, loss on the answers only.
+
+The rows are rendered and tokenized here, by the base's ``TrainingChat``: the
+template the gateway's file checks rendered them with (tunegate's tool
+template for a ChatML base that cannot express tools), so tools, tool calls
+and tool messages render as the checks saw them and as the server will parse
+them. TRL then takes ``input_ids`` and ``completion_mask`` as they are.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from tuner.chat_templates import chat_for_training
 from tuner.examples import to_training_rows
 from tuner.methods import TrainerSetup, TrainingMethod
+
+
+def tokenized_rows(rows: list[dict[str, Any]], chat: Any) -> list[dict[str, list[int]]]:
+    return [chat.tokenize_row(row) for row in rows]
 
 
 def build_trainer(setup: TrainerSetup) -> Any:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    chat = chat_for_training(setup.spec.base_dir, setup.tokenizer)
+    if chat is None:
+        raise ValueError(f"the base at {setup.spec.base_dir} has no chat template")
+    setup.tokenizer.chat_template = chat.choice.template
     args = SFTConfig(
         **setup.arguments,
         # Lengths were checked against max_length before training; padding-free
@@ -22,11 +38,12 @@ def build_trainer(setup: TrainerSetup) -> Any:
         # (transformers builds a block-diagonal mask for them), so no compute goes to pad tokens.
         padding_free=True,
     )
+    valid = tokenized_rows(setup.valid_rows, chat)
     return SFTTrainer(
         model=setup.model,
         args=args,
-        train_dataset=Dataset.from_list(setup.train_rows),
-        eval_dataset=Dataset.from_list(setup.valid_rows) if setup.valid_rows else None,
+        train_dataset=Dataset.from_list(tokenized_rows(setup.train_rows, chat)),
+        eval_dataset=Dataset.from_list(valid) if valid else None,
         processing_class=setup.tokenizer,
         peft_config=setup.lora,
         callbacks=setup.callbacks,
