@@ -24,6 +24,7 @@ from gateway.adapter_service import AdapterService
 from gateway.base_models import base_model_specs, prepare_embedded_checkpoint
 from gateway.catalog import ModelCatalog, ModelEntry
 from gateway.engines.base import Engine, EngineStatus
+from gateway.engines.chat_templates import checkpoint_template
 from gateway.engines.llamacpp import LlamaCppEngine
 from gateway.engines.vllm import VllmReplicaSet
 from gateway.finetune.database import open_database
@@ -161,7 +162,9 @@ class _EngineSetBuilder:
                 engine_key=engine.key,
                 weights=spec.hf_dir,
                 owned_by=spec.owned_by,
-                extra={"tool_call_parser": spec.tool_call_parser},
+                # The setting's parser, or that of the template it serves with (the embedded
+                # model's: tunegate's tool template, read by "hermes").
+                extra={"tool_call_parser": checkpoint_template(spec).parser},
             )
         )
 

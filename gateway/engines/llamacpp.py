@@ -26,6 +26,7 @@ from prometheus_client.metrics_core import Metric
 
 from gateway.catalog import ModelEntry
 from gateway.engines.base import EngineState, EngineStatus, Lease, Upstream
+from gateway.engines.chat_templates import llamacpp_template_args
 from gateway.engines.process import Backoff, ProcessSpec, SupervisedProcess, free_port
 from gateway.errors import EngineUnavailableError, TunegateError
 from gateway.metrics import relabelled_families
@@ -86,6 +87,7 @@ def llamacpp_argv(settings: Settings, model_id: str, gguf: Path, port: int) -> l
         str(threads),
         "--metrics",
         "--no-webui",
+        *llamacpp_template_args(settings, gguf),  # the template tool calls are trained with
         *settings.llamacpp_extra_args,
     ]
 

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from gateway.catalog import ModelEntry
+from gateway.engines.chat_templates import vllm_template_args
 from gateway.engines.base import EngineStatus, Lease, Upstream
 from gateway.engines.lora_slots import LoraSlots, same_path
 from gateway.engines.placement import detect_device, replica_placements
@@ -70,8 +71,8 @@ def vllm_argv(settings: Settings, spec: BaseModelSpec, port: int) -> list[str]:
         str(settings.vllm_max_cpu_loras),
         "--disable-uvicorn-access-log",
     ]
-    if spec.tool_call_parser:
-        argv += ["--enable-auto-tool-choice", "--tool-call-parser", spec.tool_call_parser]
+    # The template its adapters were trained with, and the tool-call parser that reads it.
+    argv += vllm_template_args(settings, spec)
     if spec.reasoning_parser:
         argv += ["--reasoning-parser", spec.reasoning_parser]
     if settings.vllm_gpu_memory_utilization is not None:

@@ -19,6 +19,7 @@ from gateway.finetune.files import FileStore
 from gateway.finetune.jobs_store import base_of
 from gateway.finetune.methods import job_method
 from gateway.settings import Settings
+from tuner.chat_templates import chat_for_checks
 from tuner.dataset import CheckedDataset, DatasetLimits, split_for_validation
 
 
@@ -82,6 +83,9 @@ def token_counter(base_dir: Path) -> Callable[[str], int] | None:
     tokenizer_file = base_dir / "tokenizer.json"
     if not tokenizer_file.is_file():
         return None
+    chat = chat_for_checks(base_dir)  # also renders each example as the trainer will
+    if chat is not None:
+        return chat
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
