@@ -3,9 +3,9 @@
 Request bodies go out as the client sent them, unless the engine needs a field
 translated (a table, per engine family). Answers come back as the engine's
 bytes: streams are relayed chunk by chunk as they arrive, never parsed and
-re-encoded. A stream comes over a connection of its own (``stream_client``),
-which costs the gateway a fraction of httpx's CPU per chunk; other answers
-use the pooled httpx client.
+re-encoded. Answers come over the gateway's lean client (``stream_client``: kept-alive
+connections, parsed in C), which costs a fraction of httpx's CPU per request and per
+chunk; without one (the unit tests' fake engines) they go through httpx.
 
 Failover: a request that got no answer from its replica (the connection was
 refused, or dropped before the answer began) is sent again to another replica,
@@ -36,7 +36,7 @@ from gateway.errors import (
     error_body,
     error_from_upstream,
 )
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, ModelMetrics
 from gateway.protocol import RoutedRequest
 from gateway.settings import Settings
 from gateway.stream_client import (
@@ -158,15 +158,15 @@ class _Request:
     """One forwarded request's bookkeeping: its admission slot, its place on a replica
     and its metrics, closed once."""
 
-    def __init__(self, metrics: GatewayMetrics, gate: AdmissionGate, entry: ModelEntry) -> None:
+    def __init__(self, metrics: ModelMetrics, gate: AdmissionGate) -> None:
         self._metrics = metrics
         self._gate = gate
-        self.labels = (entry.id, entry.engine)
+        self.labels = (metrics.model, metrics.engine)
         self._started = time.perf_counter()
         self._admitted = False
         self._open = True
         self.lease: Lease | None = None
-        metrics.in_flight.labels(*self.labels).inc()
+        metrics.in_flight.inc()
 
     async def admit(self) -> None:
         await self._gate.enter()
@@ -187,9 +187,9 @@ class _Request:
         self.let_go()
         if self._admitted:
             self._gate.leave()
-        self._metrics.in_flight.labels(*self.labels).dec()
-        self._metrics.requests.labels(*self.labels, str(status)).inc()
-        self._metrics.latency.labels(*self.labels).observe(time.perf_counter() - self._started)
+        self._metrics.in_flight.dec()
+        self._metrics.answered(status).inc()
+        self._metrics.latency.observe(time.perf_counter() - self._started)
 
 
 class Forwarder:
@@ -200,16 +200,17 @@ class Forwarder:
         http: httpx.AsyncClient,
         metrics: GatewayMetrics,
         limits: RequestLimits | None = None,
-        open_stream: StreamOpener | None = None,
+        open_answer: StreamOpener | None = None,
     ) -> None:
-        """``open_stream`` opens streamed answers; without it they go through ``http``
-        like the others (the unit tests' fake engines are an httpx transport)."""
+        """``open_answer`` opens engine answers, streamed or not (the lean client);
+        without it they go through ``http`` (the unit tests' fake engines are an httpx
+        transport)."""
         self._catalog = catalog
         self._engines = engines
         self._http = http
         self._metrics = metrics
         self._limits = limits or RequestLimits()
-        self._open_stream = open_stream or self._post
+        self._open_answer = open_answer or self._post
         self._gates: dict[str, AdmissionGate] = {}
 
     def _gate(self, engine_key: str) -> AdmissionGate:
@@ -232,15 +233,15 @@ class Forwarder:
         if request.model_extra and log.isEnabledFor(logging.DEBUG):  # the hot path: no sorting
             log.debug("passing unknown fields to %s: %s", entry.engine, request.unknown_fields())
         engine = self._engines[entry.engine_key]
-        ticket = _Request(self._metrics, self._gate(entry.engine_key), entry)
+        ticket = _Request(
+            self._metrics.of_model(entry.id, entry.engine), self._gate(entry.engine_key)
+        )
         try:
             await ticket.admit()
             body = BODY_ADAPTERS.get(entry.engine, unchanged)(entry, request, raw_body)
             if request.model != entry.id:  # an alias: the engine knows the full id
                 body = _with_model(body, entry.id)
-            response = await self._send_with_failover(
-                engine, entry, path, body, ticket, request.stream
-            )
+            response = await self._send_with_failover(engine, entry, path, body, ticket)
             if response.status_code >= 400:
                 payload = await response.aread()
                 await response.aclose()
@@ -277,7 +278,6 @@ class Forwarder:
         path: str,
         body: bytes,
         ticket: _Request,
-        stream: bool,
     ) -> UpstreamResponse:
         tried: frozenset[str] = frozenset()
         for attempt in range(self._limits.retries + 1):
@@ -290,7 +290,6 @@ class Forwarder:
                     {**_JSON_HEADERS, **lease.upstream.headers},
                     entry,
                     lease.replica,
-                    stream,
                 )
             except ReplicaUnreachableError as error:
                 ticket.let_go()
@@ -313,10 +312,9 @@ class Forwarder:
         headers: dict[str, str],
         entry: ModelEntry,
         replica: str,
-        stream: bool,
     ) -> UpstreamResponse:
         try:
-            return await (self._open_stream if stream else self._post)(url, body, headers)
+            return await self._open_answer(url, body, headers)
         except _NO_ANSWER as exc:
             # No answer began: the replica refused the connection, or dropped it (it died,
             # or closed a kept-alive connection as it was reused; its health check tells).

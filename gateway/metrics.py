@@ -8,6 +8,7 @@ re-exposes what they report (llama-server's ``llamacpp:*``) on its own
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -18,6 +19,26 @@ from prometheus_client.registry import Collector
 from gateway.engines.base import EngineState, EngineStatus
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass
+class ModelMetrics:
+    """One model's request metrics, its children looked up once: ``labels()`` takes a
+    lock and builds a key on every call, which the hot path would pay four times."""
+
+    model: str
+    engine: str
+    in_flight: Gauge
+    latency: Histogram
+    requests: Counter  # the parent: one child per status, made on first use
+    _by_status: dict[int, Counter] = field(default_factory=dict)
+
+    def answered(self, status: int) -> Counter:
+        counter = self._by_status.get(status)
+        if counter is None:
+            counter = self.requests.labels(self.model, self.engine, str(status))
+            self._by_status[status] = counter
+        return counter
 
 
 class GatewayMetrics:
@@ -94,6 +115,20 @@ class GatewayMetrics:
         )
         self._engine_families = _EngineFamilies()
         self.registry.register(self._engine_families)
+        self._per_model: dict[tuple[str, str], ModelMetrics] = {}
+
+    def of_model(self, model: str, engine: str) -> ModelMetrics:
+        """The request metrics of one model on one engine, made on its first request."""
+        found = self._per_model.get((model, engine))
+        if found is None:
+            found = self._per_model[(model, engine)] = ModelMetrics(
+                model,
+                engine,
+                self.in_flight.labels(model, engine),
+                self.latency.labels(model, engine),
+                self.requests,
+            )
+        return found
 
     def observe_engines(self, statuses: Iterable[EngineStatus]) -> None:
         """The engines' and replicas' state, read when /metrics or /ready is asked."""

@@ -10,7 +10,6 @@ up, and a request for a model whose engine is starting waits for it).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +57,8 @@ class GatewayRuntime:
     merges: MergeService
     guard: ProcessGuard
     loop_watch: LoopWatch
+    # The lean client's kept-alive engine connections (none where tests use httpx fakes).
+    upstream: stream_client.UpstreamClient | None = None
 
     def engine_statuses(self) -> list[EngineStatus]:
         return [status for engine in self.engines.values() for status in engine.statuses()]
@@ -101,6 +102,8 @@ class GatewayRuntime:
         await self.merges.stop()
         await asyncio.gather(*(e.stop() for e in self.engines.values()), return_exceptions=True)
         await self.http.aclose()
+        if self.upstream is not None:
+            self.upstream.close()
         self.guard.release()
 
 
@@ -192,11 +195,11 @@ def assemble_runtime(
     engines: dict[str, Engine],
     base_dirs: dict[str, Path],
     guard: ProcessGuard,
-    open_stream: StreamOpener | None = None,
+    open_answer: StreamOpener | None = None,
 ) -> GatewayRuntime:
     """The services around a model table and its engines: adapters, forwarding, files,
     fine-tuning and merges. Nothing is started here (tests assemble fakes the same way,
-    and their streams go through ``http`` too)."""
+    and their answers go through ``http``)."""
     catalog.openai_names = OpenAINames.from_settings(settings)
     registry = AdapterRegistry(
         settings.adapters_dir,
@@ -208,7 +211,7 @@ def assemble_runtime(
     adapters.load_registered()
     metrics = GatewayMetrics()
     forwarder = Forwarder(
-        catalog, engines, http, metrics, RequestLimits.from_settings(settings), open_stream
+        catalog, engines, http, metrics, RequestLimits.from_settings(settings), open_answer
     )
     database = open_database(settings.data_root / "jobs.sqlite")
     merges = MergeService(settings, database, adapters, catalog, engines, base_dirs, guard)
@@ -253,15 +256,16 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
     for spec in specs:
         builder.add_base(spec)
     base_dirs = {s.id: s.hf_dir for s in specs if s.hf_dir is not None}
-    open_stream = functools.partial(
-        stream_client.open_stream,
+    upstream = stream_client.UpstreamClient(
         connect_timeout_s=_CONNECT_TIMEOUT_S,
         read_timeout_s=settings.upstream_timeout_s,
         tls=httpx.create_ssl_context(trust_env=False),  # as the httpx client's
+        max_idle=settings.upstream_max_connections,
     )
     runtime = assemble_runtime(
-        settings, http, catalog, builder.engines, base_dirs, guard, open_stream
+        settings, http, catalog, builder.engines, base_dirs, guard, upstream.open
     )
+    runtime.upstream = upstream
     runtime.loop_watch.start()
     runtime.merges.start()
     runtime.fine_tuning.start()

@@ -8,17 +8,23 @@ arrive in ``data_received`` (an asyncio protocol, uvloop under the gateway),
 httptools (uvicorn's own HTTP parser) takes the chunk framing off, and the
 relay wakes once for all that has arrived since it last ran.
 
-Requests without a stream keep the pooled httpx client: they are one read.
-The answer object has the few members of ``httpx.Response`` the forwarder
-uses, so the two paths share the failover and error handling.
+Answers without a stream come the same way (``UpstreamClient``), over
+connections kept alive between requests: through httpx, the pooled client and
+its cancel scopes cost a non-streamed request more CPU than all the rest of
+the gateway. The answer object has the few members of ``httpx.Response`` the
+forwarder uses, so the failover and error handling is the same whichever
+client opened it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ssl
-from collections.abc import AsyncIterator
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import httptools
@@ -49,22 +55,32 @@ class _AnswerProtocol(asyncio.Protocol):
     """Collects one HTTP response: headers once, then the body as it comes."""
 
     def __init__(self) -> None:
-        self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
+        self.lost: Exception | None = None
+        self.closed = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self.expect_answer()
+
+    def expect_answer(self) -> None:
+        """Ready for the answer to the next request on this connection."""
+        self._parser = httptools.HttpResponseParser(self)
         self.headers: dict[str, str] = {}
         self.headers_done = False
         self.complete = False
-        self.lost: Exception | None = None
+        self.keep_alive = False
         self.pending: list[bytes] = []
         self._pending_bytes = 0
-        self._paused = False
-        self._waiter: asyncio.Future[None] | None = None
 
     # --- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.complete:  # bytes after the answer: the connection cannot be reused
+            self.lost = StreamDroppedError("unexpected bytes after the answer")
+            self.transport.close()  # type: ignore[union-attr]
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as error:
@@ -73,6 +89,7 @@ class _AnswerProtocol(asyncio.Protocol):
         self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
         if not self.complete and self.lost is None:
             if self.headers_done and not self._framed() and exc is None:
                 self.complete = True  # a body that ends with the connection
@@ -89,6 +106,8 @@ class _AnswerProtocol(asyncio.Protocol):
             self.headers.clear()
             return
         self.headers_done = True
+        # Read now: the parser forgets it once the message is complete.
+        self.keep_alive = self._parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         self.pending.append(body)
@@ -104,6 +123,16 @@ class _AnswerProtocol(asyncio.Protocol):
     def _framed(self) -> bool:
         """A length or chunks: the body's end is known without the connection's."""
         return "content-length" in self.headers or "transfer-encoding" in self.headers
+
+    def reusable(self) -> bool:
+        """Read to its end, framed, and neither side asked to close."""
+        return (
+            self.complete
+            and self.lost is None
+            and self._framed()
+            and self.keep_alive
+            and not self.closed
+        )
 
     # --- for the reader ---------------------------------------------------
     @property
@@ -143,36 +172,58 @@ class StreamedAnswer:
     """An engine's answer as it arrives, with the members of ``httpx.Response`` that the
     forwarder uses: ``status_code``, ``headers``, ``aread``, ``aiter_raw``, ``aclose``."""
 
-    def __init__(self, protocol: _AnswerProtocol, read_timeout_s: float) -> None:
+    def __init__(
+        self,
+        protocol: _AnswerProtocol,
+        read_timeout_s: float,
+        keep: Callable[[_AnswerProtocol], None] | None = None,
+    ) -> None:
+        """``keep`` takes the connection back once the answer was read to its end
+        (a pool's); without it, the connection is closed."""
         self._protocol = protocol
         self._read_timeout_s = read_timeout_s
+        self._keep = keep
         self.status_code = protocol.status
         self.headers = protocol.headers
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body, in pieces: everything that arrived since the last one. The
-        connection is closed however the reading ends."""
-        protocol = self._protocol
+        connection is closed (or kept, read to its end) however the reading ends."""
         try:
-            while True:
-                if protocol.pending:
-                    yield protocol.take()
-                elif protocol.complete:
-                    return
-                elif protocol.lost is not None:
-                    raise protocol.lost
-                else:
-                    await protocol.wait(self._read_timeout_s)
+            while (piece := await self._next_piece()) is not None:
+                yield piece
         finally:
             await self.aclose()
 
     async def aread(self) -> bytes:
-        return b"".join([piece async for piece in self.aiter_raw()])
+        pieces = []
+        try:
+            while (piece := await self._next_piece()) is not None:
+                pieces.append(piece)
+        finally:
+            await self.aclose()
+        return b"".join(pieces)
+
+    async def _next_piece(self) -> bytes | None:
+        """What has arrived, waiting for it if need be; None at the end."""
+        protocol = self._protocol
+        while True:
+            if protocol.pending:
+                return protocol.take()
+            if protocol.complete:
+                return None
+            if protocol.lost is not None:
+                raise protocol.lost
+            await protocol.wait(self._read_timeout_s)
 
     async def aclose(self) -> None:
         """Closing mid-answer tells the engine the client is gone: it stops generating."""
-        if self._protocol.transport is not None:
-            self._protocol.transport.close()
+        protocol, keep = self._protocol, self._keep
+        self._keep = None  # once: a second close must not hand the connection back again
+        if keep is not None and protocol.reusable():
+            keep(protocol)
+        elif protocol.transport is not None:
+            protocol.transport.close()
 
 
 async def open_stream(
@@ -183,10 +234,91 @@ async def open_stream(
     read_timeout_s: float,
     tls: ssl.SSLContext | None = None,
 ) -> StreamedAnswer:
-    """POST ``body`` to ``url`` and return once the answer's headers are in. For https,
-    ``tls`` is best made once (httpx's context: the CAs its other requests trust);
-    loading the CAs takes milliseconds."""
+    """POST ``body`` to ``url`` on a new connection and return once the answer's headers
+    are in; the connection is closed with the answer. For https, ``tls`` is best made
+    once (httpx's context: the CAs its other requests trust); loading the CAs takes
+    milliseconds."""
     parts = urlsplit(url)
+    protocol = await _connect(parts, connect_timeout_s, tls)
+    await _send(protocol, parts, body, headers, read_timeout_s)
+    return StreamedAnswer(protocol, read_timeout_s)
+
+
+class UpstreamClient:
+    """Opens engine answers over connections kept alive between requests, per host.
+
+    A connection goes back to the pool only when its answer was read to the end and
+    neither side asked to close it (llama-server's requests carry ``Connection:
+    close``); an idle one is dropped after ``idle_s``, below the engines' own 5 s
+    keep-alive, so that it is not reused in the instant the engine closes it. Should
+    that happen anyway (a reused connection closed before any answer), the request is
+    sent once more on a new connection: the engine never read it.
+    """
+
+    def __init__(
+        self,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        tls: ssl.SSLContext | None = None,
+        max_idle: int = 64,
+        idle_s: float = 4.0,
+    ) -> None:
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._tls = tls
+        self._max_idle = max_idle
+        self._idle_s = idle_s
+        self._idle: dict[tuple[str, str], deque[tuple[float, _AnswerProtocol]]] = {}
+
+    async def open(self, url: str, body: bytes, headers: dict[str, str]) -> StreamedAnswer:
+        """POST ``body`` to ``url``; returns once the answer's headers are in."""
+        parts = urlsplit(url)
+        idle = self._idle.get((parts.scheme, parts.netloc))
+        if idle is None:
+            idle = self._idle[(parts.scheme, parts.netloc)] = deque()
+        protocol = self._reuse(idle)
+        if protocol is not None:
+            try:
+                await _send(protocol, parts, body, headers, self._read_timeout_s)
+            except StreamDroppedError:
+                protocol = None  # closed as it was reused: the engine never read it
+            else:
+                return StreamedAnswer(protocol, self._read_timeout_s, self._keeper(idle))
+        protocol = await _connect(parts, self._connect_timeout_s, self._tls)
+        await _send(protocol, parts, body, headers, self._read_timeout_s)
+        return StreamedAnswer(protocol, self._read_timeout_s, self._keeper(idle))
+
+    def _reuse(self, idle: deque[tuple[float, _AnswerProtocol]]) -> _AnswerProtocol | None:
+        now = time.monotonic()
+        while idle:
+            since, protocol = idle.pop()  # the most recent: the least likely to expire
+            if now - since < self._idle_s and not protocol.closed and protocol.lost is None:
+                protocol.expect_answer()
+                return protocol
+            protocol.transport.close()  # type: ignore[union-attr]
+        return None
+
+    def _keeper(
+        self, idle: deque[tuple[float, _AnswerProtocol]]
+    ) -> Callable[[_AnswerProtocol], None]:
+        return functools.partial(self._keep, idle)
+
+    def _keep(self, idle: deque[tuple[float, _AnswerProtocol]], protocol: _AnswerProtocol) -> None:
+        if len(idle) >= self._max_idle:
+            protocol.transport.close()  # type: ignore[union-attr]
+            return
+        idle.append((time.monotonic(), protocol))
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for _, protocol in idle:
+                protocol.transport.close()  # type: ignore[union-attr]
+            idle.clear()
+
+
+async def _connect(
+    parts: SplitResult, connect_timeout_s: float, tls: ssl.SSLContext | None
+) -> _AnswerProtocol:
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
     loop = asyncio.get_running_loop()
@@ -204,18 +336,35 @@ async def open_stream(
         raise StreamTimeoutError("no connection within the timeout") from error
     except OSError as error:
         raise StreamConnectError(str(error)) from error
+    return protocol
+
+
+async def _send(
+    protocol: _AnswerProtocol,
+    parts: SplitResult,
+    body: bytes,
+    headers: dict[str, str],
+    read_timeout_s: float,
+) -> None:
+    """Write the request and wait for the answer's headers; the connection is closed
+    if they do not come."""
     try:
-        if protocol.lost is not None or protocol.transport.is_closing():
+        if protocol.lost is not None or protocol.transport.is_closing():  # type: ignore[union-attr]
             raise protocol.lost or StreamDroppedError("connection closed")
-        protocol.transport.write(_request_head(parts, len(body), headers) + body)
+        protocol.transport.write(_request_head(parts, len(body), headers) + body)  # type: ignore[union-attr]
         while not protocol.headers_done:
             if protocol.lost is not None:
                 raise protocol.lost
             await protocol.wait(read_timeout_s)
+        if _asks_to_close(headers):
+            protocol.keep_alive = False
     except BaseException:
-        protocol.transport.close()
+        protocol.transport.close()  # type: ignore[union-attr]
         raise
-    return StreamedAnswer(protocol, read_timeout_s)
+
+
+def _asks_to_close(headers: dict[str, str]) -> bool:
+    return any(k.lower() == "connection" and v.lower() == "close" for k, v in headers.items())
 
 
 def _request_head(parts: SplitResult, length: int, headers: dict[str, str]) -> bytes:

@@ -11,6 +11,7 @@ from gateway.catalog import ModelEntry
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, OpenAIRequest
 from gateway.routes.deps import runtime_of
 from gateway.routes.disconnect import ClientDisconnected, unless_disconnected
+from gateway.routes.lean import lean_route
 from gateway.routes.openapi import errors, event_stream
 from gateway.routes.replies import to_http_response
 from gateway.runtime import GatewayRuntime
@@ -30,14 +31,28 @@ _FORWARDED: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/v1/chat/completions", responses=_FORWARDED)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     return await _forward("/v1/chat/completions", body, request)
 
 
-@router.post("/v1/completions", responses=_FORWARDED)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     return await _forward("/v1/completions", body, request)
+
+
+# Served by a LeanRoute: plain ASGI for the common case, these handlers for the rest
+# (a body that does not validate, another content type), so that every answer and
+# error is FastAPI's own and the OpenAPI document describes them as before.
+for _path, _endpoint, _model in (
+    ("/v1/chat/completions", create_chat_completion, ChatCompletionRequest),
+    ("/v1/completions", create_completion, CompletionRequest),
+):
+    router.add_api_route(
+        _path,
+        _endpoint,
+        methods=["POST"],
+        responses=_FORWARDED,
+        route_class_override=lean_route(_model),
+    )
 
 
 @router.get("/v1/models")
