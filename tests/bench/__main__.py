@@ -1,7 +1,7 @@
 """``make bench``: every benchmark, one table, one JSON file.
 
-python -m tests.bench [--suite overhead|engines|...|fleet|training|dpo|all]
-                      [--quick] [--out FILE]
+python -m tests.bench [--suite overhead|hotpath|engines|...|fleet|training|dpo|all]
+                      [--quick] [--out FILE] [--before TREE (hotpath: an earlier checkout)]
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tests.bench.dpo import dpo
 from tests.bench.fleet import fleet
+from tests.bench.hotpath import hotpath
+from tests.bench.llamacpp_adapters import llamacpp_adapters
 from tests.bench.llamacpp_server import llamacpp_server
 from tests.bench.suites import Row, adapters, gateway_overhead, real_engines, tuner
 from tests.bench.training import training
@@ -56,10 +58,12 @@ def markdown(rows: list[Row], machine: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def run(suite: str, quick: bool) -> list[Row]:
+async def run(suite: str, quick: bool, before: Path | None = None) -> list[Row]:
     rows: list[Row] = []
     if suite in ("overhead", "all"):
         rows += await gateway_overhead(rounds=200 if quick else 1000, duration_s=2 if quick else 6)
+    if suite in ("hotpath", "all"):
+        rows += await hotpath(quick, before)
     if suite in ("engines", "all"):
         rows += await real_engines(rounds=10 if quick else 30)
     if suite in ("adapters", "all"):
@@ -70,6 +74,8 @@ async def run(suite: str, quick: bool) -> list[Row]:
         rows += await dpo(quick)
     if suite in ("llamacpp", "all"):
         rows += await llamacpp_server(quick)
+    if suite in ("llamacpp-adapters", "all"):
+        rows += await llamacpp_adapters(quick)
     if suite in ("fleet", "all"):
         rows += await fleet(quick)
     if suite in ("training", "all"):
@@ -83,11 +89,13 @@ def main() -> int:
         "--suite",
         choices=(
             "overhead",
+            "hotpath",
             "engines",
             "adapters",
             "tuner",
             "dpo",
             "llamacpp",
+            "llamacpp-adapters",
             "fleet",
             "training",
             "all",
@@ -97,14 +105,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     parser.add_argument("--out", type=Path, default=Path("var/bench/results.json"))
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    parser.add_argument(
+        "--before", type=Path, help="hotpath: also measure the gateway of this earlier checkout"
+    )
     args = parser.parse_args()
     started = time.time()
     try:
         import uvloop
 
-        rows = uvloop.run(run(args.suite, args.quick))
+        rows = uvloop.run(run(args.suite, args.quick, args.before))
     except ImportError:
-        rows = asyncio.run(run(args.suite, args.quick))
+        rows = asyncio.run(run(args.suite, args.quick, args.before))
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"\ntunegate benchmarks ({machine}), measured side by side in this run.")
     print(

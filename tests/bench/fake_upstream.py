@@ -2,9 +2,11 @@
 
 Raw ASGI (no framework) so that the upstream costs as little as possible:
 ``/health``, ``/v1/models``, and ``/v1/chat/completions`` answering a fixed
-completion, or a stream of ``--chunks`` SSE events, after ``--latency-ms``.
+completion, or a stream of ``--chunks`` SSE events (with ``--chunks-per-token``, as
+many as the request's ``max_tokens``), after ``--latency-ms``.
 
     python -m tests.bench.fake_upstream --port P [--latency-ms 20] [--chunks 16]
+        [--chunk-gap-ms 1] [--chunks-per-token]
 """
 
 from __future__ import annotations
@@ -49,10 +51,13 @@ def _chunk(i: int) -> bytes:
 
 
 class FakeUpstream:
-    def __init__(self, latency_s: float, chunks: int, chunk_gap_s: float) -> None:
+    def __init__(
+        self, latency_s: float, chunks: int, chunk_gap_s: float, per_token: bool = False
+    ) -> None:
         self.latency_s = latency_s
         self.chunks = [_chunk(i) for i in range(chunks)]
         self.chunk_gap_s = chunk_gap_s
+        self.per_token = per_token
         self.completion = _completion()
 
     async def __call__(self, scope, receive, send) -> None:
@@ -77,7 +82,10 @@ class FakeUpstream:
                     "headers": [(b"content-type", b"text/event-stream")],
                 }
             )
-            for chunk in self.chunks:
+            chunks = self.chunks
+            if self.per_token:
+                chunks = [_chunk(i) for i in range(json.loads(body).get("max_tokens", 16))]
+            for chunk in chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if self.chunk_gap_s:
                     await asyncio.sleep(self.chunk_gap_s)
@@ -106,8 +114,11 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--chunks", type=int, default=16)
     parser.add_argument("--chunk-gap-ms", type=float, default=0.0)
+    parser.add_argument("--chunks-per-token", action="store_true")
     args = parser.parse_args()
-    app = FakeUpstream(args.latency_ms / 1000, args.chunks, args.chunk_gap_ms / 1000)
+    app = FakeUpstream(
+        args.latency_ms / 1000, args.chunks, args.chunk_gap_ms / 1000, args.chunks_per_token
+    )
     uvicorn.run(
         app,
         host="127.0.0.1",

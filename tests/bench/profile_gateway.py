@@ -1,0 +1,155 @@
+"""Where a gateway's CPU goes on the non-streamed chat path, under load.
+
+Runs ``python -m gateway`` (from ``--tree``, this checkout by default) under cProfile
+in front of the instant fake upstream, sends ``--requests`` chat requests from
+``--concurrency`` clients (the lean client: the load costs the shared cores little),
+stops the gateway with SIGTERM (it drains and exits 0, so the profile is written) and
+prints the functions by own time and by cumulative time, per request. With
+``--py-spy SVG`` the gateway runs under ``py-spy record`` instead (a flame graph;
+py-spy from the dev extra), with no cProfile overhead in the picture.
+
+    python -m tests.bench.profile_gateway [--tree DIR] [--requests 5000] [--py-spy out.svg]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import pstats
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from gateway.engines.process import free_port
+from gateway.stream_client import UpstreamClient
+from tests.bench.hotpath import CHAT_PATH, _body, _plain, _process, closed_loop, upstream
+from tests.support.gateway_process import REPO, link_prepared_checkpoint
+
+# cProfile with the process's CPU clock: on a shared machine a wall clock charges the time
+# the gateway waited for a core to whatever function it was in.
+_UNDER_CPROFILE = """
+import cProfile, runpy, sys, time
+out = sys.argv.pop(1)
+sys.argv = sys.argv[2:]  # past "-m gateway"
+profiler = cProfile.Profile(time.process_time)
+profiler.enable()
+try:
+    runpy.run_module("gateway", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+finally:
+    profiler.disable()
+    profiler.dump_stats(out)
+"""
+
+
+def _gateway_command(port: int, data_root: str, upstream_url: str) -> list[str]:
+    return [
+        "-m",
+        "gateway",
+        "--port",
+        str(port),
+        "--data-root",
+        data_root,
+        "--vllm-url",
+        upstream_url,
+        "--no-llamacpp-enabled",
+    ]
+
+
+async def _load(url: str, requests: int, concurrency: int) -> float:
+    client = UpstreamClient(10, 60, max_idle=concurrency)
+    body = _body(1)
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while done < requests:
+            done += 1
+            await _plain(client, url, body)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    client.close()
+    return time.perf_counter() - started
+
+
+def profile(tree: Path, requests: int, concurrency: int, py_spy: Path | None) -> str:
+    with ExitStack() as stack:
+        instant = stack.enter_context(upstream(0.0))
+        base = instant.chat_url[: -len(CHAT_PATH)]
+        data_root = stack.enter_context(tempfile.TemporaryDirectory(prefix="tunegate-prof-"))
+        link_prepared_checkpoint(Path(data_root))
+        port = free_port()
+        stats_path = Path(data_root) / "gateway.prof"
+        if py_spy:
+            spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+            prefix = [spy, "record", "-o", str(py_spy), "-r", "500", "--", sys.executable]
+        else:
+            prefix = [sys.executable, "-c", _UNDER_CPROFILE, str(stats_path)]
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        command = prefix + _gateway_command(port, data_root, base)
+        server = stack.enter_context(_process("gateway", command, tree, port, env))
+        url = f"http://127.0.0.1:{port}{CHAT_PATH}"
+        asyncio.run(closed_loop(lambda: _warm(url), 4, 1.0))
+        cpu_before = _cpu_of_tree(server.process)
+        seconds = asyncio.run(_load(url, requests, concurrency))
+        cpu = _cpu_of_tree(server.process) - cpu_before
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(60)
+        summary = (
+            f"{requests} requests, c={concurrency}, {seconds:.2f} s: "
+            f"{requests / seconds:.0f} req/s, gateway CPU {cpu / requests * 1e6:.0f} µs/request"
+            + (" (under cProfile)" if not py_spy else " (under py-spy)")
+        )
+        if py_spy:
+            return summary + f"\nflame graph: {py_spy}"
+        return summary + "\n" + _table(stats_path, requests)
+
+
+async def _warm(url: str) -> None:
+    client = UpstreamClient(10, 60)
+    await _plain(client, url, _body(1))
+    client.close()
+
+
+def _cpu_of_tree(process) -> float:  # type: ignore[no-untyped-def]
+    """The gateway's CPU; under py-spy the gateway is py-spy's child."""
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        if "py-spy" in " ".join(p.cmdline()[:1]):
+            continue
+        times = p.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def _table(stats_path: Path, requests: int, top: int = 45) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(str(stats_path), stream=out)
+    stats.strip_dirs()
+    for key in ("tottime", "cumulative"):
+        out.write(f"\n--- by {key} (seconds for all {requests} requests) ---\n")
+        stats.sort_stats(key).print_stats(top)
+    return out.getvalue()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.profile_gateway")
+    parser.add_argument("--tree", type=Path, default=REPO)
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--py-spy", type=Path, help="record a flame graph (SVG) instead")
+    args = parser.parse_args()
+    print(profile(args.tree.resolve(), args.requests, args.concurrency, args.py_spy))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
