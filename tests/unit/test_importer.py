@@ -139,3 +139,11 @@ def test_what_cannot_be_imported_is_skipped_with_the_reason():
     assert [p.source_id for p in only] == ["ftjob-other"]
     assert [p.source_id for p in importer.plan(statuses=["failed"])] == ["ftjob-other"]
     assert describe([]) == ["no fine-tuning jobs to import"]
+
+
+def test_the_command_needs_the_sources_key(monkeypatch, capsys):
+    from clients.cli import main
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert main(["import", "--from", "https://api.openai.com/v1", "--dry-run"]) == 1
+    assert "--api-key (or OPENAI_API_KEY)" in capsys.readouterr().err
