@@ -4,7 +4,7 @@
     tunegate models                             the models a gateway serves, and their engines
     tunegate chat [--temperature T] MODEL [PROMPT ...]   one-shot, or interactive; streamed
     tunegate files upload FILE                  upload a fine-tuning dataset
-    tunegate tune DATA --model M [--suffix S] [--epochs N] [--export gguf] [--follow]
+    tunegate tune DATA --model M [--suffix S] [--epochs N] [--export gguf] [--trial [N]] [--follow]
     tunegate jobs list | show JOB | cancel JOB
     tunegate adapters list | rm ADAPTER
     tunegate merge ADAPTER [--quantization q8_0] [--follow]
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.progress import ProgressBar
+from clients.trial import format_report, trial_body
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -148,7 +149,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         training_file=training.id,
         suffix=args.suffix,
         method={"type": args.method, args.method: {"hyperparameters": hyperparameters}},  # type: ignore[misc,dict-item]
-        extra_body={"export": args.export} if args.export else None,
+        extra_body={**({"export": args.export} if args.export else {}), **trial_body(args.trial)}
+        or None,
     )
     print(f"job {job.id} created", file=sys.stderr)
     if not args.follow:
@@ -176,7 +178,8 @@ def _follow_job(client: Any, job_id: str) -> int:
             if job.status != "succeeded":
                 error = job.error.message if job.error else job.status
                 raise CliError(f"job {job_id} {job.status}: {error}")
-            print(job.fine_tuned_model)
+            report = (job.model_extra or {}).get("trial_report")
+            print(job.fine_tuned_model if report is None else format_report(report))
             return 0
         bar.status(job.status)
         time.sleep(1)
@@ -291,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="gguf[:QUANT]",
         help="also merge and export a GGUF when training ends",
+    )
+    tune.add_argument(
+        "--trial",
+        nargs="?",
+        type=int,
+        const=0,
+        metavar="N",
+        help="a trial run on N examples (default 32): does the data teach something?",
     )
     tune.add_argument(
         "--follow",

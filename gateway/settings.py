@@ -165,6 +165,27 @@ class Settings(BaseSettings):
         description="Checkpoints per job kept as servable models (ft:…:ckpt-step-N); the "
         "newest are kept.",
     )
+    finetune_small_set_holdout: bool = Field(
+        True,
+        description="On sets too small for the automatic validation split (under 50 examples), "
+        "also train on a leave-some-out fold after the job, for held-out loss, overfitting "
+        "warnings and held-out samples (about 3/4 of the training again).",
+    )
+    finetune_trial_examples: int = Field(
+        32, ge=4, description="Examples a trial run samples when its request names no number."
+    )
+    finetune_trial_max_steps: int = Field(
+        16,
+        ge=1,
+        description="Most optimizer steps of each of a trial's two trainings (trial and "
+        "shuffled control): bounds its time.",
+    )
+    finetune_trial_held_out_fraction: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="Share of a trial's sample held out for scoring (at least 2 examples).",
+    )
     tuner_slots: list[TrainerSlotSpec] | None = Field(
         None,
         description='Trainer slots, one job each, as JSON: GPU ids per slot ([["0"], ["1"]]) '

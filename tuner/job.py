@@ -49,6 +49,8 @@ from tuner.methods import TRAIN_METRICS, TrainerSetup, TrainingMethod, pick_metr
 from tuner.parent_death import arm_for_this_process_tree
 from tuner.pause import make_pause_callback
 from tuner.sft import SUPERVISED
+from tuner.trial import run_trial, trial_options
+from tuner.trial_checks import after_job
 
 METHODS: dict[str, TrainingMethod] = {"supervised": SUPERVISED, "dpo": DPO}
 
@@ -191,6 +193,8 @@ def run(spec: JobSpec, events: EventSink, rank: Rank | None = None) -> None:
 
     method = METHODS[spec.method]
     torch.manual_seed(spec.seed)
+    if trial_options(spec.run_dir) is not None:  # a trial run on a sample: tuner.trial
+        return run_trial(spec, events, method)
     train_rows = _load_rows(spec.train_file, method)
     valid_rows = _load_rows(spec.valid_file, method)
     model, lora = load_model(spec)
@@ -227,8 +231,12 @@ def run(spec: JobSpec, events: EventSink, rank: Rank | None = None) -> None:
     _save_adapter(trainer, spec.adapter_dir, rank)
     if not rank.is_main:
         return
+    checks = None  # held-out samples, drift and repetition (tuner.trial_checks): one process
+    if rank.world_size == 1:
+        checks = after_job(spec, method, trainer.model, tokenizer, events)
     events.emit(
         "result",
+        checks=checks,
         adapter_dir=str(spec.adapter_dir),
         steps=output.global_step,
         trained_tokens=method.tokens_per_epoch(trainer) * spec.n_epochs,

@@ -17,6 +17,7 @@ from typing import Any
 from adapters.manifest import AdapterManifest
 from adapters.validation import CONFIG_FILE, WEIGHTS_FILE
 from gateway.finetune.jobs_store import base_of
+from gateway.finetune.trial import trainer_extras
 from tuner import hyperparameters as hp
 from tuner.dataset import to_jsonl
 
@@ -69,6 +70,7 @@ class RunFolderWriter:
                 "target_modules": plan.lora_target_modules,
             },
         }
+        spec.update(trainer_extras(job, spec))  # checks after training, a trial run
         self.write_file(run_dir / "job.json", json.dumps(spec, indent=2).encode())
         return run_dir
 

@@ -46,6 +46,7 @@ from gateway.finetune.slots import slots_from_settings
 from gateway.finetune.success import JobSuccess
 from gateway.finetune.trainer_process import TRAINER_MODULE, clear_pause
 from gateway.finetune.training import TrainingRunner
+from gateway.finetune.trial import trial_fields
 from gateway.finetune.validation import JobValidation
 from gateway.forwarding import Forwarder
 from gateway.process_guard import ProcessGuard
@@ -179,6 +180,8 @@ class FineTuningService:
             "_suffix": suffix,
             "_requested": chosen.requested(),
             "_export": exports,
+            # A trial run, and what the trainer checks after training: gateway/finetune/trial.py
+            **trial_fields(request.model_extra, self._base_dirs, self._settings),
         }
         self.store.insert(job)
         self.store.add_event(job_id, f"Created fine-tuning job: {job_id}")

@@ -25,6 +25,7 @@ from gateway.finetune.jobs_store import JobStore, base_of
 from gateway.finetune.merges import MergeService
 from gateway.finetune.samples import SampleRecorder
 from gateway.finetune.training import VALID_METRIC_FIELDS
+from gateway.finetune.trial import finish_trial, record_checks
 from gateway.settings import Settings
 
 # (job id, code, message)
@@ -54,6 +55,16 @@ class JobSuccess:
         self, job_id: str, result: dict[str, Any], metrics: list[dict[str, Any]]
     ) -> None:
         job = self._store.get(job_id)
+        if job.get("trial"):  # a trial: its report, and no adapter to register (trial.py)
+            changes = await finish_trial(
+                self._store, self._files, job_id, result, metrics_csv(metrics)
+            )
+            self._store.update(
+                job_id, status="succeeded", finished_at=int(time.time()), estimated_finish=None,
+                **changes,
+            )  # fmt: skip
+            self._store.add_event(job_id, "The job has successfully completed.")
+            return
         source = {"job_id": job_id}
         if job.get("_parent_adapter"):
             source["parent"] = job["_parent_adapter"]
@@ -81,7 +92,9 @@ class JobSuccess:
             self._store.add_event(
                 job_id, f"The adapter will load on first use: {error.message}", level="warn"
             )
-        await self._samples.record(job_id, manifest.id, result.get("valid_loss"))
+        checks = await record_checks(self._store, self._files, job_id, result)  # trial.py
+        if not checks.samples_recorded:  # a small set's samples come from its held-out fold
+            await self._samples.record(job_id, manifest.id, result.get("valid_loss"))
         results = await self._files.create_from_bytes(
             metrics_csv(metrics), "step_metrics.csv", "fine-tune-results"
         )
@@ -91,7 +104,7 @@ class JobSuccess:
             fine_tuned_model=manifest.id,
             finished_at=int(time.time()),
             trained_tokens=result.get("trained_tokens"),
-            result_files=[results["id"]],
+            result_files=[results["id"], *checks.files],
             estimated_finish=None,
         )
         self._store.add_event(job_id, f"New fine-tuned model created: {manifest.id}")

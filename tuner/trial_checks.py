@@ -1,0 +1,132 @@
+"""The checks after every training, in the trainer process: samples, drift and repetition.
+
+They use the model the trainer holds (base + new LoRA; the base by switching
+the adapter off), so they cost seconds and no engine:
+
+- **samples**: a few held-out prompts (never trained on) answered by the base
+  and by the adapter, beside the answer the data asks for;
+- **drift** (``tuner.drift``): the general prompts shipped with the package;
+- **repetition** (``tuner.repetition``): the adapter's answers to the held-out
+  prompts and to the general prompts that take several steps, against the
+  base's answers to the same prompts.
+
+Past a threshold, each emits a ``warning`` event (a warn-level job event).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tuner.dataset import content_text
+from tuner.drift import general_prompts, measure_drift
+from tuner.preference_dataset import preferred_text, prompt_of
+from tuner.repetition import compare
+from tuner.trial_generation import Messages, greedy_answers
+
+SAMPLE_COUNT = 3
+ANSWER_TOKENS = 64  # long enough for a loop to show, short enough for a CPU
+
+
+def _chat_prompt(example: dict[str, Any]) -> tuple[Messages, str]:
+    messages = example["messages"]
+    last = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
+    return messages[:last], content_text(messages[last].get("content"))
+
+
+def _pair_prompt(pair: dict[str, Any]) -> tuple[Messages, str]:
+    return prompt_of(pair), preferred_text(pair)
+
+
+# Method -> (one cleaned example -> its prompt and the answer the data asks for).
+PROMPT_AND_ANSWER: dict[str, Callable[[dict[str, Any]], tuple[Messages, str]]] = {
+    "supervised": _chat_prompt,
+    "dpo": _pair_prompt,
+}
+
+
+def run_checks(
+    model: Any,
+    tokenizer: Any,
+    method: str,
+    held_out: list[dict[str, Any]],
+    emit_warning: Callable[[str], None],
+) -> dict[str, Any]:
+    """Samples on ``held_out`` examples, drift and repetition; the dict for the result event."""
+    started = time.monotonic()
+    general = general_prompts()
+    pairs = [PROMPT_AND_ANSWER[method](e) for e in held_out[:SAMPLE_COUNT]]
+    prompts = [g.messages for g in general] + [p for p, _ in pairs]
+    base = greedy_answers(model, tokenizer, prompts, ANSWER_TOKENS, adapter=False)
+    tuned = greedy_answers(model, tokenizer, prompts, ANSWER_TOKENS, adapter=True)
+    drift = measure_drift(model, tokenizer, prompts[: len(general)], base[: len(general)])
+    watched = [i for i, g in enumerate(general) if g.multi_step]
+    watched += range(len(general), len(prompts))
+    repetition = compare([tuned[i] for i in watched], [base[i] for i in watched])
+    for warning in (drift.warning(), repetition.warning()):
+        if warning:
+            emit_warning(warning)
+    offset = len(general)
+    return {
+        "drift": drift.as_dict(),
+        "repetition": repetition.as_dict(),
+        "samples": [
+            {
+                "prompt": prompt,
+                "expected": expected,
+                "base_answer": base[offset + i],
+                "fine_tuned_answer": tuned[offset + i],
+            }
+            for i, (prompt, expected) in enumerate(pairs)
+        ],
+        # Two general prompts side by side: what the drift figure means, in words.
+        "general_samples": [
+            {"prompt": prompts[i], "base_answer": base[i], "fine_tuned_answer": tuned[i]}
+            for i in (0, 1)
+            if i < len(general)
+        ],
+        "seconds": round(time.monotonic() - started, 2),
+    }
+
+
+def after_job(
+    spec: Any, method: Any, model: Any, tokenizer: Any, events: Any
+) -> dict[str, Any] | None:
+    """The checks of a finished job, for its result event (``checks``); None, and a warning
+    event, if they fail: a check never fails the job whose adapter is trained and saved."""
+    try:
+        return _after_job(spec, method, model, tokenizer, events)
+    except Exception as exc:  # the traceback goes to the run's log
+        import traceback
+
+        traceback.print_exc()
+        events.emit("warning", message=f"The checks after training failed: {type(exc).__name__}")
+        return None
+
+
+def _after_job(spec: Any, method: Any, model: Any, tokenizer: Any, events: Any) -> dict[str, Any]:
+    """The checks of a finished job.
+
+    The held-out prompts are the validation set's; a set without one (under the automatic
+    split's size) gets a leave-some-out fold when the gateway asks for it (``checks`` in
+    job.json), and its samples come from the fold's adapter (``tuner.trial_holdout``).
+    """
+    import json
+
+    from tuner.trial_fit import load_examples
+    from tuner.trial_holdout import pick_fold, run_fold
+
+    def emit_warning(message: str) -> None:
+        events.emit("warning", message=message)
+
+    options = json.loads((spec.run_dir / "job.json").read_text()).get("checks") or {}
+    train = load_examples(spec.train_file)
+    valid = load_examples(spec.valid_file)
+    small = not valid and bool(options.get("small_set_fold")) and len(train) >= 4
+    held_out = valid or (pick_fold(train, spec.seed)[1] if small else train)
+    checks = run_checks(model, tokenizer, spec.method, held_out, emit_warning)
+    checks["samples_held_out"] = bool(valid)
+    if small:
+        checks["held_out"] = run_fold(spec, method, tokenizer, train, emit_warning)
+    return checks
