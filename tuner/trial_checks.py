@@ -15,6 +15,7 @@ Past a threshold, each emits a ``warning`` event (a warn-level job event).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -95,8 +96,11 @@ def after_job(
 ) -> dict[str, Any] | None:
     """The checks of a finished job, for its result event (``checks``); None, and a warning
     event, if they fail: a check never fails the job whose adapter is trained and saved."""
+    options = json.loads((spec.run_dir / "job.json").read_text()).get("checks")
+    if options is None:  # a run that the gateway did not start (tests, benchmarks): none asked
+        return None
     try:
-        return _after_job(spec, method, model, tokenizer, events)
+        return _after_job(spec, method, model, tokenizer, events, options)
     except Exception as exc:  # the traceback goes to the run's log
         import traceback
 
@@ -105,22 +109,21 @@ def after_job(
         return None
 
 
-def _after_job(spec: Any, method: Any, model: Any, tokenizer: Any, events: Any) -> dict[str, Any]:
+def _after_job(
+    spec: Any, method: Any, model: Any, tokenizer: Any, events: Any, options: dict[str, Any]
+) -> dict[str, Any]:
     """The checks of a finished job.
 
     The held-out prompts are the validation set's; a set without one (under the automatic
-    split's size) gets a leave-some-out fold when the gateway asks for it (``checks`` in
-    job.json), and its samples come from the fold's adapter (``tuner.trial_holdout``).
+    split's size) gets a leave-some-out fold when the gateway asks for it, and its samples
+    come from the fold's adapter (``tuner.trial_holdout``).
     """
-    import json
-
     from tuner.trial_fit import load_examples
     from tuner.trial_holdout import pick_fold, run_fold
 
     def emit_warning(message: str) -> None:
         events.emit("warning", message=message)
 
-    options = json.loads((spec.run_dir / "job.json").read_text()).get("checks") or {}
     train = load_examples(spec.train_file)
     valid = load_examples(spec.valid_file)
     small = not valid and bool(options.get("small_set_fold")) and len(train) >= 4
