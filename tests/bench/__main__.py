@@ -21,6 +21,7 @@ from tests.bench.hotpath import hotpath
 from tests.bench.llamacpp_server import llamacpp_server
 from tests.bench.suites import Row, adapters, gateway_overhead, real_engines, tuner
 from tests.bench.training import training
+from tests.bench.trial import trial
 
 
 def render(rows: list[Row]) -> str:
@@ -77,6 +78,8 @@ async def run(suite: str, quick: bool, before: Path | None = None) -> list[Row]:
         rows += await fleet(quick)
     if suite in ("training", "all"):
         rows += await training(quick)
+    if suite in ("trial", "all"):
+        rows += await trial(quick)
     return rows
 
 
@@ -94,6 +97,7 @@ def main() -> int:
             "llamacpp",
             "fleet",
             "training",
+            "trial",
             "all",
         ),
         default="all",
