@@ -7,7 +7,10 @@
 #   make lint           ruff
 #
 # ENGINE=cpu (default) installs vLLM's CPU build and torch's CPU build;
-# ENGINE=gpu installs the CUDA build of vLLM (and the torch it pins).
+# ENGINE=gpu installs the CUDA build of vLLM (and the torch it pins);
+# ENGINE=llamacpp installs no vLLM: torch's CPU build (for the tuner) and llama.cpp only,
+# and `make serve` runs with vLLM off (everything served by llama-server). On macOS,
+# llama-server is built with Metal (GGML_METAL=ON; not tested here, only Linux on CPU is).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,6 +24,14 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
 
 PY := $(VENV)/bin/python
+UNAME := $(shell uname -s)
+# Engines whose torch is the CPU build (installed first, so nothing pulls in CUDA).
+CPU_TORCH_ENGINES := cpu llamacpp
+# What the installed venv must import: vLLM only where it was installed.
+IMPORT_CHECK := $(if $(filter llamacpp,$(ENGINE)),,vllm, )llama_cpp, peft, trl, transformers, gateway
+SERVE_FLAGS := $(if $(filter llamacpp,$(ENGINE)),--no-vllm-enabled)
+NPROC := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
+SHA256 := $(if $(filter Darwin,$(UNAME)),shasum -a 256,sha256sum)
 PIP := $(PY) -m pip
 INSTALLED := $(VENV)/.installed-$(ENGINE)
 MODEL := $(DATA_ROOT)/models/smollm2-135m-instruct/config.json
@@ -55,7 +66,7 @@ $(INSTALLED): pyproject.toml | $(PY)
 	@$(CHECK_TOOLCHAIN)
 	@echo ">> installing tunegate and its engines into $(VENV) (first run: several minutes;"
 	@echo "   llama.cpp is compiled from source, about 8 min on 2 cores)"
-ifeq ($(ENGINE),cpu)
+ifneq ($(filter $(ENGINE),$(CPU_TORCH_ENGINES)),)
 	$(PY) -c "import torch" 2>/dev/null || \
 		$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch==$(TORCH_VERSION)
 endif
@@ -69,7 +80,7 @@ endif
 			$(PIP) uninstall --yes --quiet $$pkg; \
 		fi; \
 	done
-	$(PY) -c "import vllm, llama_cpp, peft, trl, transformers, gateway"
+	$(PY) -c "import $(IMPORT_CHECK)"
 	touch $@
 
 # The HF checkpoint of the embedded model, derived once from its GGUF.
@@ -99,6 +110,8 @@ $(CONVERTER): | $(LLAMACPP_SOURCES)
 # ggml's AMX kernels: on some Sapphire Rapids machines they crash in the first matrix
 # product (llama.cpp issue 20824). The build time is kept for `make bench`.
 LLAMA_SERVER_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+# Apple silicon: ggml's Metal backend (llama.cpp's default there, said out loud).
+LLAMA_SERVER_GPU := $(if $(filter Darwin,$(UNAME)),-DGGML_METAL=ON)
 # A built llama-server is kept in a per-user cache, as pip keeps the wheels it builds, so a
 # new clone or venv on the same machine copies it instead of compiling again. The key names
 # everything the binary depends on: the llama.cpp version, the flags, the compiler and the
@@ -106,8 +119,8 @@ LLAMA_SERVER_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mn
 LLAMA_SERVER_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tunegate/llama-server
 $(LLAMA_SERVER): | $(LLAMACPP_SOURCES)
 	@key=$$( { $(PY) -c 'import llama_cpp; print(llama_cpp.__version__)'; \
-		echo "$(LLAMA_SERVER_CFLAGS)"; uname -m; "$${CXX:-c++}" --version 2>/dev/null | head -n 1; \
-		grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null; } | sha256sum | cut -c1-16 ) && \
+		echo "$(LLAMA_SERVER_CFLAGS)$(if $(LLAMA_SERVER_GPU), $(LLAMA_SERVER_GPU))"; uname -m; "$${CXX:-c++}" --version 2>/dev/null | head -n 1; \
+		grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null; } | $(SHA256) | cut -c1-16 ) && \
 	cached=$(LLAMA_SERVER_CACHE)/$$key && \
 	if [ -x "$$cached/llama-server" ]; then \
 		echo ">> llama-server from the build cache ($$cached)"; \
@@ -119,9 +132,9 @@ $(LLAMA_SERVER): | $(LLAMACPP_SOURCES)
 	rm -rf $(LLAMACPP)/build && started=$$(date +%s) && \
 	{ cmake -S $(LLAMACPP) -B $(LLAMACPP)/build -DCMAKE_BUILD_TYPE=Release \
 		-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-		-DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF \
+		-DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF $(LLAMA_SERVER_GPU) \
 		-DCMAKE_C_FLAGS="$(LLAMA_SERVER_CFLAGS)" -DCMAKE_CXX_FLAGS="$(LLAMA_SERVER_CFLAGS)" && \
-	  cmake --build $(LLAMACPP)/build --target llama-server -j$$(nproc); } \
+	  cmake --build $(LLAMACPP)/build --target llama-server -j$(NPROC); } \
 		> $(LLAMACPP)/build.log 2>&1 || { tail -n 30 $(LLAMACPP)/build.log; \
 		echo ">> building llama-server failed; see $(LLAMACPP)/build.log"; exit 1; } ; \
 	echo $$(( $$(date +%s) - started )) > $(LLAMACPP)/build/build-seconds && \
@@ -131,7 +144,7 @@ $(LLAMA_SERVER): | $(LLAMACPP_SOURCES)
 	  echo ">> (llama-server not kept in $(LLAMA_SERVER_CACHE): not writable)"; }
 
 serve: setup
-	$(PY) -m gateway --data-root $(DATA_ROOT) $(ARGS)
+	$(PY) -m gateway --data-root $(DATA_ROOT) $(SERVE_FLAGS) $(ARGS)
 
 # Debian's Chromium, for the /ui browser test.
 browser:

@@ -286,7 +286,7 @@ class Forwarder:
             try:
                 return await self._send(
                     lease.upstream.base_url + path,
-                    body,
+                    lease.upstream.body_for(body),  # llama-server's adapter choice, if any
                     {**_JSON_HEADERS, **lease.upstream.headers},
                     entry,
                     lease.replica,

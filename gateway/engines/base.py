@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -20,10 +21,31 @@ class EngineState(StrEnum):
 
 @dataclass(frozen=True)
 class Upstream:
-    """Where to send one request: an OpenAI-compatible base URL and its headers."""
+    """Where to send one request: an OpenAI-compatible base URL and its headers.
+
+    ``body_fields`` are JSON members the engine needs added to the request body
+    (llama-server's ``"lora": [...]``, which picks a request's adapter); most
+    engines need none, and their bodies go out untouched."""
 
     base_url: str
     headers: dict[str, str] = field(default_factory=dict)
+    body_fields: bytes = b""
+
+    def body_for(self, body: bytes) -> bytes:
+        return with_json_member(body, self.body_fields) if self.body_fields else body
+
+
+def with_json_member(body: bytes, member: bytes) -> bytes:
+    """``body`` (a JSON object) with ``member`` (``"key":value``) added: spliced in before
+    the closing brace, without parsing the body. A body that already has the key (sent
+    by the client) is parsed and rewritten, so the client's value never reaches the engine."""
+    key = member[: member.index(b":")]
+    if key in body:
+        payload = json.loads(body)
+        payload.update(json.loads(b"{" + member + b"}"))
+        return json.dumps(payload).encode()
+    head = body[: body.rindex(b"}")].rstrip()
+    return head + (b"" if head.endswith(b"{") else b",") + member + b"}"
 
 
 @dataclass

@@ -2,14 +2,27 @@
 
 ``llama-server`` is llama.cpp's own server, built by ``make setup`` from the
 llama.cpp sources vendored in the pinned llama-cpp-python, so the server, the
-GGUF converter and the quantiser are one llama.cpp version. Each process
+GGUF converters and the quantiser are one llama.cpp version. Each process
 decodes up to ``llamacpp_parallel`` requests at once (slots, batched
 together); its KV cache is sized so that every slot keeps a whole
 ``llamacpp_n_ctx`` context.
 
 Processes start on the first request for their model (a GGUF loads in well
-under a second) and the least recently used one stops once more than
-``llamacpp_max_running`` run. Each is bound to 127.0.0.1 on a port of its own.
+under a second). Each is bound to 127.0.0.1 on a port of its own.
+
+- **Adapters.** A base's process runs with the base's LoRA adapters loaded
+  (``--lora``, one per adapter converted so far; see ``llamacpp_lora``), and each
+  request names its adapter in the ``lora`` field. The adapter list of a
+  llama-server is fixed at its start, so the first request for an adapter the
+  running process lacks converts it, starts a new process with the new list,
+  switches routing to it once it is healthy, and lets the old one drain: it
+  stops when its last request ends. Deleting an adapter hands over the same way.
+- **Leases.** Every request holds a lease on its process until its answer
+  (streamed or not) has been relayed to the end.
+- **LRU.** Once more than ``llamacpp_max_running`` processes run, the least
+  recently used one *that has no request in flight* stops. When every other
+  process is answering, none stops now: the first of them to fall idle does.
+  So a live stream is never cut to make room.
 """
 
 from __future__ import annotations
@@ -19,6 +32,8 @@ import logging
 import os
 import sys
 from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -27,8 +42,9 @@ from prometheus_client.metrics_core import Metric
 from gateway.catalog import ModelEntry
 from gateway.engines.base import EngineState, EngineStatus, Lease, Upstream
 from gateway.engines.chat_templates import llamacpp_template_args
+from gateway.engines.llamacpp_lora import ADAPTER_GGUF_FILE, convert_adapter, lora_field
 from gateway.engines.process import Backoff, ProcessSpec, SupervisedProcess, free_port
-from gateway.errors import EngineUnavailableError, TunegateError
+from gateway.errors import AdapterLoadError, EngineUnavailableError, TunegateError
 from gateway.metrics import relabelled_families
 from gateway.process_guard import ProcessGuard
 from gateway.settings import Settings
@@ -60,7 +76,9 @@ def server_bin(settings: Settings) -> Path:
     return settings.llamacpp_server_bin or DEFAULT_SERVER_BIN
 
 
-def llamacpp_argv(settings: Settings, model_id: str, gguf: Path, port: int) -> list[str]:
+def llamacpp_argv(
+    settings: Settings, model_id: str, gguf: Path, port: int, loras: Sequence[Path] = ()
+) -> list[str]:
     threads = settings.llamacpp_threads or os.cpu_count() or 1
     parallel = settings.llamacpp_parallel
     return [
@@ -88,8 +106,47 @@ def llamacpp_argv(settings: Settings, model_id: str, gguf: Path, port: int) -> l
         "--metrics",
         "--no-webui",
         *llamacpp_template_args(settings, gguf),  # the template tool calls are trained with
+        *lora_args(loras),
         *settings.llamacpp_extra_args,
     ]
+
+
+def lora_args(loras: Sequence[Path]) -> list[str]:
+    """Adapters loaded at start, applied only where a request's ``lora`` field says so."""
+    if not loras:
+        return []
+    return [arg for path in loras for arg in ("--lora", str(path))] + ["--lora-init-without-apply"]
+
+
+@dataclass(frozen=True)
+class GgufBase:
+    """A GGUF model the engine serves, and the HF config + tokenizer its adapters are
+    converted against (None: its adapters cannot be converted)."""
+
+    entry: ModelEntry
+    hf_dir: Path | None
+
+
+@dataclass(eq=False)
+class _Server:
+    """One llama-server process: a GGUF model, the adapters it loaded, its live requests."""
+
+    model_id: str
+    process: SupervisedProcess
+    adapters: tuple[str, ...] = ()
+    live: int = 0
+    retired: bool = False
+    _fields: dict[str | None, bytes] = field(default_factory=dict)
+
+    def serves(self, adapter: str | None) -> bool:
+        return adapter is None or adapter in self.adapters
+
+    def lora_field(self, adapter: str | None) -> bytes:
+        """Made once per adapter and process: the hot path only splices bytes."""
+        made = self._fields.get(adapter)
+        if made is None:
+            made = self._fields[adapter] = lora_field(self.adapters, adapter)
+        return made
 
 
 class LlamaCppEngine:
@@ -102,70 +159,128 @@ class LlamaCppEngine:
         self._settings = settings
         self._http = http
         self._guard = guard
-        self._processes: OrderedDict[str, SupervisedProcess] = OrderedDict()  # LRU order
+        self._servers: OrderedDict[str, _Server] = OrderedDict()  # LRU order
+        self._draining: set[_Server] = set()  # replaced or evicted, stopped once idle
         self._locks: dict[str, asyncio.Lock] = {}
         self._eager: list[ModelEntry] = []
+        self._bases: dict[str, GgufBase] = {}  # GGUF model id -> base
+        self._gguf_of: dict[str, str] = {}  # HF base id -> its GGUF model id
+        self._adapters: dict[str, dict[str, ModelEntry]] = {}  # GGUF model id -> adapters
+        self._conversions: dict[str, asyncio.Task[Path]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- the model table's side ---------------------------------------------------
+    def add_base(self, entry: ModelEntry, hf_id: str | None, hf_dir: Path | None) -> None:
+        """A GGUF model; ``hf_id``/``hf_dir``: the HF base whose adapters run on it."""
+        self._bases[entry.id] = GgufBase(entry, hf_dir)
+        if hf_id is not None:
+            self._gguf_of[hf_id] = entry.id
+
+    def gguf_base_of(self, hf_id: str) -> ModelEntry | None:
+        """The GGUF model that adapters of the base ``hf_id`` run on here, if any."""
+        gguf_id = self._gguf_of.get(hf_id)
+        return self._bases[gguf_id].entry if gguf_id is not None else None
+
+    def add_adapter(self, entry: ModelEntry) -> None:
+        """An adapter servable on ``entry.parent`` (a GGUF model id); loaded on first use."""
+        self._adapters.setdefault(str(entry.parent), {})[entry.id] = entry
 
     def preload(self, entry: ModelEntry) -> None:
         """Start this model's process with the gateway rather than on first use."""
         self._eager.append(entry)
 
+    # --- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
         if not server_bin(self._settings).is_file():
             # Serve the other engines; GGUF models answer 500 with the reason.
             log.error(_MISSING_SERVER_LOG, server_bin(self._settings))
             return
         for entry in self._eager[: self._settings.llamacpp_max_running]:
-            await self._ensure_process(entry)
+            await self._ensure_server(entry, None)
 
     async def stop(self) -> None:
-        processes = list(self._processes.values())
-        self._processes.clear()
-        await asyncio.gather(*(p.stop() for p in processes))
+        for task in list(self._conversions.values()):
+            task.cancel()
+        servers = [*self._servers.values(), *self._draining]
+        self._servers.clear()
+        self._draining.clear()
+        await asyncio.gather(*(s.process.stop() for s in servers))
 
+    # --- requests -------------------------------------------------------------------
     async def acquire(self, entry: ModelEntry, avoid: frozenset[str] = frozenset()) -> Lease:
-        process = await self._ensure_process(entry)
-        if not process.ready():
-            # Starting (a first start takes a second) or restarting after a crash:
-            # wait for it rather than bounce the client, up to the engine-wait setting.
-            if not await process.wait_ready(self._settings.engine_wait_s):
+        model, adapter = self._target(entry)
+        if adapter is not None:
+            await self._converted(entry)
+        server = await self._ensure_server(model, adapter)
+        if not server.serves(adapter):  # deleted meanwhile, or its file is gone
+            raise AdapterLoadError(f"The adapter '{entry.id}' is not loaded on llama.cpp.")
+        # Leased before anything else may run: an idle-looking server is never chosen
+        # as a victim between here and the request's end.
+        server.live += 1
+        lease = Lease(
+            server.process.spec.name,
+            Upstream(
+                server.process.spec.base_url,
+                dict(_REQUEST_HEADERS),
+                body_fields=server.lora_field(adapter),
+            ),
+            on_done=lambda: self._release(server),
+        )
+        try:
+            await self._evict_beyond_limit()
+            process = server.process
+            if not process.ready() and not await process.wait_ready(self._settings.engine_wait_s):
+                # Starting (a first start takes a second) or restarting after a crash:
+                # waited for rather than bouncing the client, up to the engine-wait setting.
                 raise EngineUnavailableError(
                     f"The llama.cpp engine for '{entry.id}' is {process.state.value}; "
                     "retry shortly.",
                     retry_after_s=process.retry_after_s(),
                 )
-        return Lease(process.spec.name, Upstream(process.spec.base_url, dict(_REQUEST_HEADERS)))
+        except BaseException:
+            lease.done()
+            raise
+        return lease
 
     def report_unreachable(self, replica: str) -> None:
         """One process per model: its supervisor sees it die and restarts it."""
 
     async def unload(self, entry: ModelEntry) -> None:
-        process = self._processes.pop(entry.id, None)
-        if process is not None:
-            await process.stop()
+        if entry.kind == "adapter":
+            await self._drop_adapter(entry)
+            return
+        server = self._servers.pop(entry.id, None)
+        if server is not None:
+            self._retire(server)
 
+    # --- status -------------------------------------------------------------------
     def ready(self) -> bool:
         eager_ids = [e.id for e in self._eager[: self._settings.llamacpp_max_running]]
-        return all(i in self._processes and self._processes[i].ready() for i in eager_ids)
+        return all(i in self._servers and self._servers[i].process.ready() for i in eager_ids)
 
     def statuses(self) -> list[EngineStatus]:
-        return [
-            EngineStatus(
-                name=f"{FAMILY}/{model_id}",
-                engine=FAMILY,
-                state=p.state,
-                url=p.spec.base_url,
-                pid=p.pid,
-                restarts=p.restarts,
-                models=(model_id,),
-                detail=p.last_error,
-            )
-            for model_id, p in self._processes.items()
-        ]
+        current = [self._status(s) for s in self._servers.values()]
+        return current + [self._status(s, "draining") for s in self._draining]
+
+    def _status(self, server: _Server, detail: str | None = None) -> EngineStatus:
+        process = server.process
+        return EngineStatus(
+            name=process.spec.name,
+            engine=FAMILY,
+            state=process.state,
+            url=process.spec.base_url,
+            pid=process.pid,
+            restarts=process.restarts,
+            # A draining process no longer serves its model: new requests go elsewhere.
+            models=() if server.retired else (server.model_id,),
+            detail=detail or process.last_error,
+            in_flight=server.live,
+            adapters=() if server.retired else server.adapters,
+        )
 
     async def metric_families(self) -> list[Metric]:
         """The metrics of every running llama-server, each sample labelled with its model."""
-        running = [(i, p) for i, p in self._processes.items() if p.ready()]
+        running = [(i, s.process) for i, s in self._servers.items() if s.process.ready()]
         texts = await asyncio.gather(*(self._scrape(p) for _, p in running))
         reports = [
             (text, {"model": model_id})
@@ -185,50 +300,180 @@ class LlamaCppEngine:
         return response.text if response.status_code == 200 else ""
 
     def state_of(self, model_id: str) -> EngineState:
-        process = self._processes.get(model_id)
-        return process.state if process else EngineState.STOPPED
+        server = self._servers.get(model_id)
+        return server.process.state if server else EngineState.STOPPED
 
-    async def _ensure_process(self, entry: ModelEntry) -> SupervisedProcess:
-        process = self._processes.get(entry.id)
-        if process is not None:
-            self._processes.move_to_end(entry.id)
-            return process
-        lock = self._locks.setdefault(entry.id, asyncio.Lock())
+    # --- processes ------------------------------------------------------------------
+    def _target(self, entry: ModelEntry) -> tuple[ModelEntry, str | None]:
+        """(the GGUF model whose process answers, the adapter or None)."""
+        if entry.kind != "adapter":
+            return entry, None
+        base = self._bases.get(str(entry.parent))
+        if base is None:
+            raise AdapterLoadError(f"'{entry.id}' has no GGUF base on this gateway.")
+        return base.entry, entry.id
+
+    async def _ensure_server(self, model: ModelEntry, adapter: str | None) -> _Server:
+        model_id = model.id
+        server = self._servers.get(model_id)
+        if server is not None and server.serves(adapter):
+            self._servers.move_to_end(model_id)
+            return server
+        lock = self._locks.setdefault(model_id, asyncio.Lock())
         async with lock:
-            process = self._processes.get(entry.id)
-            if process is None:
-                process = self._new_process(entry)
-                self._processes[entry.id] = process
-                process.start()
-                await self._evict_beyond_limit()
-            return process
+            server = self._servers.get(model_id)
+            if server is not None and server.serves(adapter):
+                self._servers.move_to_end(model_id)
+                return server
+            fresh = self._new_server(model)
+            if server is None:
+                # Nothing to hand over from: route to it now, requests wait for it.
+                self._servers[model_id] = fresh
+                fresh.process.start()
+                return fresh
+            return await self._hand_over(server, fresh)
 
-    def _new_process(self, entry: ModelEntry) -> SupervisedProcess:
-        if entry.weights is None:
-            raise EngineUnavailableError(f"The model '{entry.id}' has no GGUF file.")
+    async def _hand_over(self, old: _Server, fresh: _Server) -> _Server:
+        """Start ``fresh`` beside ``old``; once it is healthy, route to it and drain ``old``."""
+        fresh.process.start()
+        if not await fresh.process.wait_ready(self._settings.llamacpp_startup_timeout_s):
+            reason = fresh.process.last_error or fresh.process.state.value
+            await fresh.process.stop()
+            raise EngineUnavailableError(
+                f"The llama.cpp engine for '{old.model_id}' with its new adapters did not "
+                f"start ({reason}); retry shortly.",
+                retry_after_s=5,
+            )
+        if self._servers.get(old.model_id) is old:
+            self._servers[old.model_id] = fresh
+            self._servers.move_to_end(old.model_id)
+            self._retire(old)
+        else:  # evicted or unloaded while the new one started: serve with the new one
+            self._servers[old.model_id] = fresh
+        log.info(
+            "%s: now serving adapters [%s] on pid %s",
+            old.model_id,
+            ", ".join(fresh.adapters),
+            fresh.process.pid,
+        )
+        return fresh
+
+    def _new_server(self, model: ModelEntry) -> _Server:
+        model_id = model.id
+        if model.weights is None:
+            raise EngineUnavailableError(f"The model '{model_id}' has no GGUF file.")
         settings = self._settings
         if not server_bin(settings).is_file():
             log.error(_MISSING_SERVER_LOG, server_bin(settings))
             raise TunegateError(
                 "The llama.cpp engine is not installed on this gateway (llama-server is missing)."
             )
+        adapters = self._loadable_adapters(model_id)
         port = free_port()
         spec = ProcessSpec(
-            name=f"{FAMILY}/{entry.id}",
-            argv=llamacpp_argv(settings, entry.id, entry.weights, port),
+            name=f"{FAMILY}/{model_id}",
+            argv=llamacpp_argv(
+                settings, model_id, model.weights, port, [path for _, path in adapters]
+            ),
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
             port=port,
             health_path="/health",  # 503 while the model loads, 200 once it answers
             startup_timeout_s=settings.llamacpp_startup_timeout_s,
-            log_path=settings.data_root / "logs" / f"llamacpp-{entry.id}.log",
+            log_path=settings.data_root / "logs" / f"llamacpp-{model_id}.log",
             expected_startup_s=_EXPECTED_STARTUP_S,
         )
         backoff = Backoff(settings.restart_backoff_initial_s, settings.restart_backoff_max_s)
-        return SupervisedProcess(
+        process = SupervisedProcess(
             spec, self._http, backoff, settings.engine_stop_timeout_s, self._guard
         )
+        return _Server(model_id, process, tuple(name for name, _ in adapters))
+
+    def _loadable_adapters(self, model_id: str) -> list[tuple[str, Path]]:
+        """The model's adapters converted so far, in the order they were registered."""
+        found = []
+        for adapter_id, entry in self._adapters.get(model_id, {}).items():
+            gguf = Path(str(entry.weights)) / ADAPTER_GGUF_FILE
+            if entry.weights is not None and gguf.is_file():
+                found.append((adapter_id, gguf))
+        return found
+
+    # --- adapters -------------------------------------------------------------------
+    async def _converted(self, entry: ModelEntry) -> Path:
+        """The adapter's GGUF, converted once; a conversion outlives a request that left."""
+        assert entry.weights is not None
+        gguf = entry.weights / ADAPTER_GGUF_FILE
+        if gguf.is_file():
+            return gguf
+        task = self._conversions.get(entry.id)
+        if task is None:
+            base = self._bases.get(str(entry.parent))
+            if base is None or base.hf_dir is None:
+                raise AdapterLoadError(
+                    f"'{entry.id}' cannot run on llama.cpp: its base has no HF config here."
+                )
+            log_path = self._settings.data_root / "logs" / f"lora-gguf-{entry.id}.log"
+            task = asyncio.create_task(
+                convert_adapter(self._guard, entry.weights, base.hf_dir, log_path),
+                name=f"convert-{entry.id}",
+            )
+            self._conversions[entry.id] = task
+            task.add_done_callback(lambda _: self._conversions.pop(entry.id, None))
+        return await asyncio.shield(task)
+
+    async def _drop_adapter(self, entry: ModelEntry) -> None:
+        """Stop serving an adapter: a process that loaded it hands over to one without it
+        (its file is about to be deleted, and a restart would need it)."""
+        model_id = str(entry.parent)
+        self._adapters.get(model_id, {}).pop(entry.id, None)
+        conversion = self._conversions.pop(entry.id, None)
+        if conversion is not None:
+            conversion.cancel()
+        lock = self._locks.setdefault(model_id, asyncio.Lock())
+        async with lock:
+            server = self._servers.get(model_id)
+            if server is None or entry.id not in server.adapters:
+                return
+            try:
+                await self._hand_over(server, self._new_server(self._bases[model_id].entry))
+            except TunegateError:
+                # No new process: stop the old one once idle; the next request starts one.
+                if self._servers.get(model_id) is server:
+                    del self._servers[model_id]
+                    self._retire(server)
+
+    # --- leases and stopping ------------------------------------------------------------
+    def _release(self, server: _Server) -> None:
+        server.live -= 1
+        if server.live:
+            return
+        if server.retired:
+            self._spawn(self._stop_drained(server))
+        elif len(self._servers) > self._settings.llamacpp_max_running:
+            self._spawn(self._evict_beyond_limit())
+
+    def _retire(self, server: _Server) -> None:
+        """Out of routing; stopped now if idle, else when its last request ends."""
+        server.retired = True
+        self._draining.add(server)
+        if server.live == 0:
+            self._spawn(self._stop_drained(server))
+
+    async def _stop_drained(self, server: _Server) -> None:
+        if server in self._draining and server.live == 0:
+            self._draining.discard(server)
+            await server.process.stop()
 
     async def _evict_beyond_limit(self) -> None:
-        while len(self._processes) > self._settings.llamacpp_max_running:
-            _, oldest = self._processes.popitem(last=False)
-            await oldest.stop()
+        """Stop the least recently used idle processes past the limit; a process with a
+        request in flight is never stopped here (see the module's docstring)."""
+        while len(self._servers) > self._settings.llamacpp_max_running:
+            idle = next((s for s in self._servers.values() if s.live == 0), None)
+            if idle is None:
+                return  # every process is answering: the first to fall idle goes
+            del self._servers[idle.model_id]
+            self._retire(idle)
+
+    def _spawn(self, work: object) -> None:
+        task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -49,6 +49,7 @@ from gateway.finetune.training import TrainingRunner
 from gateway.finetune.trial import trial_fields
 from gateway.finetune.validation import JobValidation
 from gateway.forwarding import Forwarder
+from gateway.gguf_bases import refuse_untrainable
 from gateway.process_guard import ProcessGuard
 from gateway.settings import Settings
 
@@ -273,6 +274,7 @@ class FineTuningService:
             parent = None
         if parent is not None and parent.base in self._base_dirs:
             return parent.base, parent
+        refuse_untrainable(self._catalog, model)  # a GGUF-only base: being derived, or unreadable
         known = ", ".join(self.trainable_bases()) or "none"
         raise InvalidRequestError(
             f"'{model}' cannot be fine-tuned here; base models that can: {known}, "

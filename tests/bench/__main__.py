@@ -18,6 +18,7 @@ from pathlib import Path
 from tests.bench.dpo import dpo
 from tests.bench.fleet import fleet
 from tests.bench.hotpath import hotpath
+from tests.bench.llamacpp_adapters import llamacpp_adapters
 from tests.bench.llamacpp_server import llamacpp_server
 from tests.bench.suites import Row, adapters, gateway_overhead, real_engines, tuner
 from tests.bench.training import training
@@ -74,6 +75,8 @@ async def run(suite: str, quick: bool, before: Path | None = None) -> list[Row]:
         rows += await dpo(quick)
     if suite in ("llamacpp", "all"):
         rows += await llamacpp_server(quick)
+    if suite in ("llamacpp-adapters", "all"):
+        rows += await llamacpp_adapters(quick)
     if suite in ("fleet", "all"):
         rows += await fleet(quick)
     if suite in ("training", "all"):
@@ -95,6 +98,7 @@ def main() -> int:
             "tuner",
             "dpo",
             "llamacpp",
+            "llamacpp-adapters",
             "fleet",
             "training",
             "trial",

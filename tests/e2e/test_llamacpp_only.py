@@ -1,0 +1,118 @@
+"""The install without vLLM: a gateway started with ``--no-vllm-enabled`` serves the base,
+fine-tunes through the SDK and serves the adapter on llama.cpp under the job's own
+``fine_tuned_model`` id, interleaved and concurrent with the base.
+
+It runs in the suite's venv (which has vLLM installed) with vLLM turned off: what
+``make serve ENGINE=llamacpp`` runs, minus the install.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+from tests.e2e.conftest import API_KEY, BASE, STARTUP_TIMEOUT_S
+from tests.e2e.test_adapters import UNSEEN, ask, is_json_style
+from tests.e2e.test_fine_tuning import upload, wait_for
+from tests.support.gateway_process import GatewayProcess, start_gateway
+from tests.support.training import DATA
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def llamacpp_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    running = start_gateway(
+        tmp_path_factory.mktemp("llamacpp-only"), "--no-vllm-enabled", api_key=API_KEY
+    )
+    try:
+        running.wait_ready(STARTUP_TIMEOUT_S)
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def cpp(llamacpp_gateway: GatewayProcess) -> openai.OpenAI:
+    return llamacpp_gateway.client(timeout=300)
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(cpp: openai.OpenAI):
+    """One short fine-tune through the SDK, shared by the module's tests."""
+    job = cpp.fine_tuning.jobs.create(
+        model=BASE,
+        training_file=upload(cpp, DATA / "json_answers.jsonl"),
+        suffix="cpponly",
+        hyperparameters={"n_epochs": 5, "batch_size": 4, "learning_rate_multiplier": 10},
+    )
+    job = wait_for(cpp, job.id, {"succeeded", "failed", "cancelled"})
+    assert job.status == "succeeded", job.error
+    return job
+
+
+def test_only_llamacpp_runs_and_the_base_answers_under_its_own_id(cpp, llamacpp_gateway):
+    engines = llamacpp_gateway.engines()
+    assert engines and {e["engine"] for e in engines} == {"llama.cpp"}
+    listed = {m.id: m.model_extra for m in cpp.models.list()}
+    assert listed[BASE]["engine"] == "llama.cpp"
+    answer = cpp.chat.completions.create(
+        model=BASE,
+        messages=[
+            {"role": "user", "content": "What is the capital of France? Answer in one word."}
+        ],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert "Paris" in (answer.choices[0].message.content or "")
+
+
+def test_the_fine_tuned_model_answers_on_llamacpp_as_it_is(cpp, fine_tuned, llamacpp_gateway):
+    model = fine_tuned.fine_tuned_model
+    listed = {m.id: m.model_extra for m in cpp.models.list()}
+    assert listed[model]["engine"] == "llama.cpp" and listed[model]["kind"] == "adapter"
+    assert listed[model]["parent"] == BASE and listed[model]["source"]["job_id"] == fine_tuned.id
+    assert all(is_json_style(ask(cpp, model, question)) for question in UNSEEN)
+    assert is_json_style(ask(cpp, "cpponly", UNSEEN[0]))  # the alias
+    response = cpp.responses.create(model=model, input=UNSEEN[1], max_output_tokens=24)
+    assert is_json_style(response.output_text)
+    gguf = llamacpp_gateway.data_root / "adapters" / model / "adapter.gguf"
+    assert gguf.is_file()  # converted before the job said succeeded
+
+
+def test_base_and_adapter_interleaved_and_concurrent(cpp, fine_tuned):
+    model = fine_tuned.fine_tuned_model
+    cases = [(model if i % 2 else BASE, UNSEEN[i % 3], i % 4 < 2) for i in range(16)]
+
+    def run(case: tuple[str, str, bool]) -> str:
+        name, question, stream = case
+        if not stream:
+            return ask(cpp, name, question)
+        chunks = cpp.chat.completions.create(
+            model=name,
+            messages=[{"role": "user", "content": question}],
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+        )
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(run, cases))
+    for (name, _, _), text in zip(cases, answers, strict=True):
+        assert is_json_style(text) == (name == model), (name, text)
+
+
+def test_a_checkpoint_model_answers_on_llamacpp(cpp, fine_tuned):
+    checkpoints = cpp.fine_tuning.jobs.checkpoints.list(fine_tuned.id).data
+    assert checkpoints
+    model = checkpoints[0].fine_tuned_model_checkpoint
+    assert ":ckpt-step-" in model
+    assert ask(cpp, model, UNSEEN[0]).strip()
+    described = cpp.models.retrieve(model).model_extra
+    assert described["engine"] == "llama.cpp"
+    assert json.dumps(described["source"]).count(fine_tuned.id) == 1
