@@ -64,7 +64,8 @@ def test_a_full_job_reports_drift_and_repetition(client):
         job = client.fine_tuning.jobs.create(
             model=BASE,
             training_file=upload(client, DATA / "json_answers.jsonl"),
-            hyperparameters={"n_epochs": 3},
+            validation_file=upload(client, DATA / "json_answers_valid.jsonl"),
+            hyperparameters={"n_epochs": 2},
         )
         job = wait_for(client, job.id, FINAL)
         assert job.status == "succeeded", job.error
