@@ -183,6 +183,7 @@ class StreamedAnswer:
         self._protocol = protocol
         self._read_timeout_s = read_timeout_s
         self._keep = keep
+        self._closed = False
         self.status_code = protocol.status
         self.headers = protocol.headers
 
@@ -217,11 +218,15 @@ class StreamedAnswer:
             await protocol.wait(self._read_timeout_s)
 
     async def aclose(self) -> None:
-        """Closing mid-answer tells the engine the client is gone: it stops generating."""
-        protocol, keep = self._protocol, self._keep
-        self._keep = None  # once: a second close must not hand the connection back again
-        if keep is not None and protocol.reusable():
-            keep(protocol)
+        """Closing mid-answer tells the engine the client is gone: it stops generating.
+        Only the first close counts: by a second one, a kept connection may be another
+        request's."""
+        if self._closed:
+            return
+        self._closed = True
+        protocol = self._protocol
+        if self._keep is not None and protocol.reusable():
+            self._keep(protocol)
         elif protocol.transport is not None:
             protocol.transport.close()
 

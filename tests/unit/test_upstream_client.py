@@ -63,6 +63,19 @@ async def test_answers_read_to_the_end_reuse_one_connection():
     assert engine.requests == [b'{"i": 0}', b'{"i": 1}', b'{"i": 2}', b'{"stream": 1}', b'{"i": 4}']
 
 
+async def test_closing_an_answer_again_leaves_its_kept_connection_alone():
+    engine = Engine()
+    pool = client()
+    async with server(engine) as url:
+        streamed = await pool.open(url + "/v1/chat/completions", b'{"stream": 1}', HEADERS)
+        assert b"".join([piece async for piece in streamed.aiter_raw()]) == b"".join(EVENTS)
+        await streamed.aclose()  # as a relay that ends lets go of it once more
+        again = await pool.open(url + "/v1/chat/completions", b"{}", HEADERS)
+        assert await again.aread() == b'{"n": 2}'
+        pool.close()
+    assert engine.connections == 1
+
+
 async def test_a_connection_either_side_asked_to_close_is_not_reused():
     engine = Engine(close=True)
     pool = client()
