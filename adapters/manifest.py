@@ -1,11 +1,24 @@
-"""The manifest stored beside each adapter: who it is, what it fits, where it came from."""
+"""The manifest stored beside each adapter: who it is, what it fits, where it came from.
+
+Manifests (the adapters' and the merged models') are written whole or not at
+all: a temporary file, fsynced, renamed over the old one, then the folder
+fsynced (``write_atomic``). One that cannot be read all the same (a torn write
+from before, a disk error) is moved aside as ``<name>.corrupt-<time>``
+(``quarantine``), with a log line, and start-up goes on without it.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,3 +63,38 @@ class AdapterManifest:
             "dataset_sha256": self.dataset_sha256,
             "root": root,
         }
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` whole: a crash leaves the old file or the new one."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as writer:
+            writer.write(data)
+            writer.flush()
+            os.fsync(writer.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def quarantine(path: Path, why: str) -> Path | None:
+    """Move an unreadable manifest aside (``<name>.corrupt-<time>``), logged; its new path."""
+    target = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    try:
+        os.replace(path, target)
+    except OSError as error:
+        log.warning("could not move the unreadable manifest %s aside: %s", path, error)
+        return None
+    log.warning("moved the unreadable manifest %s aside to %s (%s)", path, target.name, why)
+    return target

@@ -8,7 +8,9 @@ and ``manifest.json``. Register and remove are atomic:
 - remove renames the folder into ``.trash/`` first, then deletes it.
 
 Whatever an interrupted run leaves in ``.staging`` or ``.trash`` is discarded
-on the next start, and a folder without a readable manifest is never served.
+on the next start, and a folder without a readable manifest is never served:
+an unreadable one is moved aside (``manifest.json.corrupt-<time>``) with a log
+line, and start-up goes on.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.errors import AdapterExistsError, AdapterNotFoundError, InvalidAdapterError
-from adapters.manifest import AdapterManifest
+from adapters.manifest import AdapterManifest, fsync_dir, quarantine
 from adapters.naming import DEFAULT_OWNER, check_lookup_name, make_adapter_id, new_unique_part
 from adapters.validation import (
     CONFIG_FILE,
@@ -148,9 +150,9 @@ class AdapterRegistry:
                 eos_token=eos,
             )
             _write_synced(staging / MANIFEST_FILE, manifest.to_json().encode())
-            _fsync_dir(staging)
+            fsync_dir(staging)
             os.replace(staging, self.root / adapter_id)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._manifests[adapter_id] = manifest
@@ -161,7 +163,7 @@ class AdapterRegistry:
         manifest = self.get(adapter_id)
         doomed = Path(tempfile.mkdtemp(prefix="removed-", dir=self._ensure(self._trash)))
         os.replace(self.root / adapter_id, doomed / "adapter")
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         del self._manifests[adapter_id]
         shutil.rmtree(doomed, ignore_errors=True)
         log.info("removed adapter %s", adapter_id)
@@ -169,10 +171,13 @@ class AdapterRegistry:
 
     # --- helpers ------------------------------------------------------------
     def _read_manifest(self, folder: Path) -> AdapterManifest | None:
+        path = folder / MANIFEST_FILE
         try:
-            manifest = AdapterManifest.from_file(folder / MANIFEST_FILE)
+            manifest = AdapterManifest.from_file(path)
         except (OSError, ValueError, TypeError) as exc:
             log.warning("ignoring %s: no readable manifest (%s)", folder.name, type(exc).__name__)
+            if path.is_file() and not isinstance(exc, PermissionError):
+                quarantine(path, type(exc).__name__)  # torn: kept aside, never served
             return None
         if manifest.id != folder.name or not (folder / WEIGHTS_FILE).is_file():
             log.warning("ignoring %s: manifest does not match its folder", folder.name)
@@ -201,14 +206,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         writer.write(data)
         writer.flush()
         os.fsync(writer.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _chat_template_and_eos(base_dir: Path) -> tuple[str | None, str | None]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.finetune.files import FileStore
+from gateway.finetune.files import FileStore, UnknownFileError
 from gateway.finetune.jobs_store import base_of
 from gateway.finetune.methods import job_method
 from gateway.settings import Settings
@@ -47,6 +47,12 @@ class JobFileChecks:
     async def check(self, job: dict[str, Any]) -> CheckedFiles:
         """The job's examples, cleaned; raises ``DatasetRejected``."""
         method = job["method"]["type"]
+        if base_of(job) not in self._base_dirs:  # the settings changed since it was created
+            raise DatasetRejected(
+                "model_not_available",
+                f"The base model '{base_of(job)}' is not available here any more.",
+                "model",
+            )
         train, warnings = await self.check_file(job, job["training_file"], "training_file")
         valid: list[dict[str, Any]] = []
         if job["validation_file"]:
@@ -63,7 +69,14 @@ class JobFileChecks:
     async def check_file(
         self, job: dict[str, Any], file_id: str, param: str
     ) -> tuple[list[dict[str, Any]], list[str]]:
-        raw = await asyncio.to_thread(self._files.path(file_id, param).read_bytes)
+        try:
+            raw = await asyncio.to_thread(self._files.path(file_id, param).read_bytes)
+        except (FileNotFoundError, UnknownFileError):
+            raise DatasetRejected(
+                "file_not_found",
+                f"The {param} '{file_id}' was deleted before the job could read it.",
+                param,
+            ) from None
         counter = token_counter(self._base_dirs[base_of(job)])
         limits = DatasetLimits(
             min_examples=self._settings.finetune_min_examples if param == "training_file" else 1,

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from gateway.errors import NotFoundError
+from gateway.finetune.job_states import ACTIVE, TERMINAL, check_transition
 from gateway.finetune.pagination import check_limit, page
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+log = logging.getLogger(__name__)
+
+__all__ = ["TERMINAL", "JobNotFoundError", "JobStore", "base_of", "new_job_id", "public"]
 # Private fields kept with a job but never shown to clients.
 _PRIVATE_PREFIX = "_"
 
@@ -50,13 +56,71 @@ class JobStore:
         return json.loads(row["body"])
 
     def update(self, job_id: str, **changes: Any) -> dict[str, Any]:
-        job = self.get(job_id)
-        job.update(changes)
-        self._db.execute(
-            "UPDATE jobs SET status = ?, body = ?, updated_at = ? WHERE id = ?",
-            (job["status"], json.dumps(job), int(time.time()), job_id),
-        )
+        """Change a job's fields other than its status (that is ``transition``'s alone)."""
+        if "status" in changes:
+            raise ValueError("a job's status changes only through transition()")
+        with self._transaction():
+            job = self.get(job_id)
+            job.update(changes)
+            self._db.execute(
+                "UPDATE jobs SET body = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(job), int(time.time()), job_id),
+            )
         return job
+
+    def transition(
+        self, job_id: str, from_statuses: Iterable[str], to: str, **changes: Any
+    ) -> bool:
+        """Move the job to ``to`` only if it is in one of ``from_statuses`` now (compare and
+        set, with ``changes`` in the same write); False, logged, when it is not."""
+        allowed = tuple(from_statuses)
+        check_transition(allowed, to)
+        marks = ",".join("?" * len(allowed))
+        with self._transaction():
+            job = self.get(job_id)
+            if job["status"] not in allowed:
+                log.info(
+                    "job %s: %s -> %s refused, it is %s", job_id, "|".join(allowed), to,
+                    job["status"],
+                )  # fmt: skip
+                return False
+            job.update(changes, status=to)
+            done = self._db.execute(
+                f"UPDATE jobs SET status = ?, body = ?, updated_at = ? "
+                f"WHERE id = ? AND status IN ({marks})",
+                (to, json.dumps(job), int(time.time()), job_id, *allowed),
+            )
+        return done.rowcount == 1
+
+    def fail(self, job_id: str, code: str, message: str, param: str | None = None) -> bool:
+        """End an active job ``failed`` with an error and an event; False (nothing done)
+        when it has ended already, a cancelled job for one: cancel wins."""
+        error = {"code": code, "message": message, "param": param}
+        if not self.finish(job_id, "failed", error=error):
+            return False
+        self.add_event(job_id, message, level="error", data={"code": code})
+        return True
+
+    def finish(self, job_id: str, status: str, **changes: Any) -> bool:
+        """An active job ends ``status`` (failed, cancelled, succeeded from running)."""
+        allowed = ("running",) if status == "succeeded" else ACTIVE
+        return self.transition(
+            job_id, allowed, status, finished_at=int(time.time()), estimated_finish=None, **changes
+        )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE); nested calls join the outer one."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def with_status(self, *statuses: str) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(statuses))

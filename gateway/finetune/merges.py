@@ -6,33 +6,56 @@ A merge runs in the background, one at a time, in a subprocess
 ``<adapter id>:gguf-<quantization>`` (for example
 ``ft:smollm2-135m-instruct:local:jsonbot:ftjob-1:gguf-q8_0``), the file
 ``<data root>/merged/<model id>.gguf`` with a ``.json`` manifest beside it.
-The manifest is written last: a GGUF without one is never served, and
-leftovers of an interrupted export are removed at start.
+The manifest is written last (whole, fsynced): a GGUF without one is never
+served, and leftovers of an interrupted export are removed at start; a torn
+manifest is moved aside with a log line and start-up goes on.
+
+A merge runs under a guard: whatever goes wrong (its adapter deleted during
+the export, a full disk, an export that fails) ends it ``failed`` with a code
+(``adapter_deleted``, ``disk_full``, ``export_failed``) and removes what it
+wrote; it never stays ``running``. Status changes are compare-and-set.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import secrets
+import shutil
 import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from adapters.errors import AdapterNotFoundError
+from adapters.manifest import quarantine, write_atomic
 from gateway.adapter_service import AdapterService
 from gateway.catalog import ModelCatalog, ModelEntry
 from gateway.engines.base import Engine
 from gateway.errors import ConflictError, InvalidRequestError, NotFoundError
+from gateway.finetune.hooks import StageHooks
+from gateway.finetune.stage_guard import describe
 from gateway.process_guard import ProcessGuard
 from gateway.settings import Settings
 from tuner.export import QUANTIZATIONS
 
+log = logging.getLogger(__name__)
+
 DEFAULT_QUANTIZATION = "q8_0"
 _PATHS = re.compile(r"(/[^\s'\"]+)+")
+_ACTIVE = ("queued", "running")
+
+
+class _MergeFailed(Exception):
+    """A merge ends failed with this code and message (no paths)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 class MergeNotFoundError(NotFoundError):
@@ -76,7 +99,10 @@ class MergeService:
         engines: dict[str, Engine],
         base_dirs: dict[str, Path],
         guard: ProcessGuard,
+        hooks: StageHooks | None = None,
     ) -> None:
+        self.hooks = hooks or StageHooks()  # where tests hold a merge or inject a fault
+        self.export_module = "tuner.export"  # tests run a stand-in
         self._settings = settings
         self._guard = guard
         self._db = db
@@ -96,20 +122,20 @@ class MergeService:
         for gguf in self.folder.glob("*.gguf"):  # renamed into place, but never registered
             if not gguf.with_suffix(".json").is_file():
                 gguf.unlink(missing_ok=True)
-        for merge in self._with_status("queued", "running"):
-            self._update(
+        for merge in self._with_status(*_ACTIVE):
+            self._fail(
                 merge["id"],
-                status="failed",
-                finished_at=int(time.time()),
-                error={
-                    "code": "server_restarted",
-                    "param": None,
-                    "message": "The gateway restarted during this merge; request it again.",
-                },
+                "server_restarted",
+                "The gateway restarted during this merge; request it again.",
             )
         for manifest_file in sorted(self.folder.glob("*.json")):
-            manifest = json.loads(manifest_file.read_text())
-            gguf = self.folder / f"{manifest['id']}.gguf"
+            try:
+                manifest = json.loads(manifest_file.read_text())
+                gguf = self.folder / f"{manifest['id']}.gguf"
+            except (OSError, ValueError, TypeError, KeyError) as error:
+                quarantine(manifest_file, type(error).__name__)
+                # Its GGUF can no longer be served; it is removed at the next start.
+                continue
             if (
                 gguf.is_file()
                 and manifest["id"] not in self._catalog
@@ -181,64 +207,124 @@ class MergeService:
     # --- the work ---------------------------------------------------------------
     async def _run(self, merge_id: str) -> None:
         async with self._lock:
-            merge = self._update(merge_id, status="running")
-            adapter = self._adapters.registry.get(merge["adapter"])
-            gguf = self.folder / f"{merge['model']}.gguf"
-            work = self._settings.runs_dir / merge_id
-            work.mkdir(parents=True, exist_ok=True)
-            log_path = work / "export.log"
-            with log_path.open("wb") as log_file:
-                process = await self._guard.spawn(
-                    [
-                        sys.executable,
-                        "-m",
-                        "tuner.export",
-                        "--base",
-                        str(self._base_dirs[adapter.base]),
-                        "--adapter",
-                        str(self._adapters.registry.folder_of(adapter.id)),
-                        "--out",
-                        str(gguf),
-                        "--quantization",
-                        merge["quantization"],
-                        "--work",
-                        str(work / "work"),
-                    ],
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                )
-                returncode = await process.wait()
-                self._guard.forget(process.pid)
-            if returncode != 0 or not gguf.is_file():
-                gguf.unlink(missing_ok=True)
-                reason = _last_line(log_path)
-                self._update(
-                    merge_id,
-                    status="failed",
-                    finished_at=int(time.time()),
-                    error={
-                        "code": "export_failed",
-                        "param": None,
-                        "message": f"The merge failed: {reason}",
-                    },
-                )
+            if not self._transition(merge_id, ("queued",), "running"):
                 return
-            manifest = {
-                "id": merge["model"],
-                "adapter": adapter.id,
-                "base": adapter.base,
-                "quantization": merge["quantization"],
-                "bytes": gguf.stat().st_size,
-                "created_at": int(time.time()),
-                "merge_id": merge_id,
-            }
-            staging = self.folder / f".{merge['model']}.json.partial"
-            staging.write_text(json.dumps(manifest, indent=2))
-            os.replace(staging, self.folder / f"{merge['model']}.json")
-            self._catalog.add(self._entry(manifest))
-            self._update(merge_id, status="succeeded", finished_at=int(time.time()))
+            try:
+                await self._export(merge_id)
+            except asyncio.CancelledError:
+                self._remove_outputs(self.get(merge_id))
+                raise  # the gateway is stopping: failed at the next start
+            except Exception as error:
+                if isinstance(error, _MergeFailed):
+                    code, message = error.code, error.message
+                elif isinstance(error, AdapterNotFoundError):
+                    code, message = _adapter_deleted()
+                else:
+                    log.exception("merge %s failed", merge_id)
+                    code, message = describe("merge", error)
+                self._remove_outputs(self.get(merge_id))
+                self._fail(merge_id, code, message)
+
+    async def _export(self, merge_id: str) -> None:
+        merge = self.get(merge_id)
+        adapter = self._adapters.registry.get(merge["adapter"])
+        gguf = self.folder / f"{merge['model']}.gguf"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        work = self._settings.runs_dir / merge_id
+        work.mkdir(parents=True, exist_ok=True)
+        log_path = work / "export.log"
+        with log_path.open("wb") as log_file:
+            process = await self._guard.spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    self.export_module,
+                    "--base",
+                    str(self._base_dirs[adapter.base]),
+                    "--adapter",
+                    str(self._adapters.registry.folder_of(adapter.id)),
+                    "--out",
+                    str(gguf),
+                    "--quantization",
+                    merge["quantization"],
+                    "--work",
+                    str(work / "work"),
+                ],
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
+            returncode = await process.wait()
+            self._guard.forget(process.pid)
+        if not self._adapter_exists(adapter.id):  # deleted while it was exported
+            raise _MergeFailed(*_adapter_deleted())
+        if returncode != 0 or not gguf.is_file():
+            raise _MergeFailed("export_failed", f"The merge failed: {_last_line(log_path)}")
+        await self.hooks.reach("merge_exported", merge_id=merge_id, adapter_id=adapter.id)
+        if not self._adapter_exists(adapter.id):
+            raise _MergeFailed(*_adapter_deleted())
+        manifest = {
+            "id": merge["model"],
+            "adapter": adapter.id,
+            "base": adapter.base,
+            "quantization": merge["quantization"],
+            "bytes": gguf.stat().st_size,
+            "created_at": int(time.time()),
+            "merge_id": merge_id,
+        }
+        self.write_manifest(
+            self.folder / f"{merge['model']}.json", json.dumps(manifest, indent=2).encode()
+        )
+        self._catalog.add(self._entry(manifest))
+        if not self._transition(merge_id, ("running",), "succeeded", finished_at=int(time.time())):
+            self._catalog.remove(manifest["id"])
+            raise _MergeFailed("merge_cancelled", "The merge was stopped.")
+        shutil.rmtree(self._settings.runs_dir / merge_id / "work", ignore_errors=True)
+
+    def write_manifest(self, path: Path, data: bytes) -> None:
+        """The one place a merge manifest is written (whole and fsynced)."""
+        write_atomic(path, data)
+
+    def _adapter_exists(self, adapter_id: str) -> bool:
+        try:
+            self._adapters.registry.get(adapter_id)
+        except AdapterNotFoundError:
+            return False
+        return True
+
+    def _remove_outputs(self, merge: dict[str, Any]) -> None:
+        """What a failed merge wrote: its GGUF, its manifest, its work folder."""
+        if merge["model"] in self._catalog:
+            return  # served: a merge that succeeded is removed through remove()
+        (self.folder / f"{merge['model']}.json").unlink(missing_ok=True)
+        (self.folder / f"{merge['model']}.gguf").unlink(missing_ok=True)
+        for leftover in self.folder.glob(f".{merge['model']}.*partial"):
+            leftover.unlink(missing_ok=True)
+        shutil.rmtree(self._settings.runs_dir / merge["id"] / "work", ignore_errors=True)
+
+    def _fail(self, merge_id: str, code: str, message: str) -> bool:
+        error = {"code": code, "param": None, "message": message}
+        return self._transition(
+            merge_id, _ACTIVE, "failed", finished_at=int(time.time()), error=error
+        )
+
+    def _transition(
+        self, merge_id: str, from_statuses: tuple[str, ...], to: str, **changes: Any
+    ) -> bool:
+        """Compare and set: only a merge still in ``from_statuses`` changes."""
+        merge = self.get(merge_id)
+        if merge["status"] not in from_statuses:
+            log.info("merge %s: %s -> %s refused, it is %s", merge_id, from_statuses, to,
+                     merge["status"])  # fmt: skip
+            return False
+        merge.update(changes, status=to)
+        marks = ",".join("?" * len(from_statuses))
+        done = self._db.execute(
+            f"UPDATE merges SET status = ?, body = ? WHERE id = ? AND status IN ({marks})",
+            (to, json.dumps(merge), merge_id, *from_statuses),
+        )
+        return done.rowcount == 1
 
     def _entry(self, manifest: dict[str, Any]) -> ModelEntry:
         adapter = self._catalog.resolve(manifest["adapter"])
@@ -259,14 +345,6 @@ class MergeService:
             },
         )
 
-    def _update(self, merge_id: str, **changes: Any) -> dict[str, Any]:
-        merge = {**self.get(merge_id), **changes}
-        self._db.execute(
-            "UPDATE merges SET status = ?, body = ? WHERE id = ?",
-            (merge["status"], json.dumps(merge), merge_id),
-        )
-        return merge
-
     def _with_status(self, *statuses: str) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(statuses))
         rows = self._db.execute(
@@ -276,6 +354,10 @@ class MergeService:
 
     def _with_model(self, model_id: str) -> bool:
         return any(m["model"] == model_id for m in self._with_status("queued", "running"))
+
+
+def _adapter_deleted() -> tuple[str, str]:
+    return "adapter_deleted", "The adapter was deleted during the merge; its files are removed."
 
 
 def _last_line(log_path: Path) -> str:

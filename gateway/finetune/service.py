@@ -9,8 +9,11 @@ This module holds the API and wires the stages together: the file checks are
 ``file_checks`` and the ``validating_files`` stage ``validation``, the run
 folder ``run_folder``, the queue and the slots ``scheduler``, one trainer run
 ``training``, success (register, preload, results, export) ``success`` with
-its samples in ``samples``, checkpoint models ``checkpoint_models``. After a gateway restart, a job that was
-running resumes from its last checkpoint; queued and validating jobs carry on.
+its samples in ``samples``, checkpoint models ``checkpoint_models``. Every
+status change is a transition of ``job_states`` (compare and set), and every
+stage runs under ``stage_guard``. After a gateway restart, a job that was
+running resumes from its last checkpoint (one stopped during success finishes
+it); queued and validating jobs carry on.
 
 The method (``supervised``, ``dpo``) picks the data checks and the plan from
 ``JOB_METHODS``; everything else is shared. A job's ``model`` is a base, or an
@@ -20,8 +23,10 @@ the starting point, and for DPO the reference).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ from gateway.errors import InvalidRequestError, ModelNotFoundError
 from gateway.finetune.checkpoint_models import CheckpointModels
 from gateway.finetune.file_checks import JobFileChecks
 from gateway.finetune.files import FileStore
+from gateway.finetune.hooks import StageHooks
 from gateway.finetune.jobs_store import TERMINAL, JobStore, new_job_id, public
 from gateway.finetune.lora_shape import check_lora_matches
 from gateway.finetune.merges import MergeService, export_quantization
@@ -42,7 +48,8 @@ from gateway.finetune.protocol import CreateJobRequest
 from gateway.finetune.run_folder import RunFolderWriter
 from gateway.finetune.samples import SampleRecorder
 from gateway.finetune.scheduler import SlotScheduler
-from gateway.finetune.slots import slots_from_settings
+from gateway.finetune.slots import TrainerSlot, slots_from_settings
+from gateway.finetune.stage_guard import StageGuard
 from gateway.finetune.success import JobSuccess
 from gateway.finetune.trainer_process import TRAINER_MODULE, clear_pause
 from gateway.finetune.training import TrainingRunner
@@ -80,13 +87,14 @@ class FineTuningService:
         self._forwarder = forwarder
         self._base_dirs = base_dirs
         self._merges = merges
-        self._cancelling: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.hooks = StageHooks()  # where tests hold a stage or inject a fault
         self.checkpoint_models = CheckpointModels(
             adapters, store, settings.runs_dir, settings.finetune_checkpoint_models
         )
         self.samples = SampleRecorder(store, forwarder, settings.runs_dir)
         self.success = JobSuccess(
-            settings, store, files, adapters, merges, self.samples, fail=self._fail
+            settings, store, files, adapters, merges, self.samples, self.hooks
         )
         self.runner = TrainingRunner(
             settings,
@@ -94,13 +102,12 @@ class FineTuningService:
             files,
             self.checkpoint_models,
             guard,
-            succeed=self.success.succeed,
-            fail=self._fail,
+            succeed=self._succeed,
+            hooks=self.hooks,
             trainer_module=trainer_module,
         )
-        self.scheduler = SlotScheduler(
-            slots_from_settings(settings), self.runner.run, self._tell_place
-        )
+        self.guard = StageGuard(store.fail, self.runner.terminate)
+        self.scheduler = SlotScheduler(slots_from_settings(settings), self._run, self._tell_place)
         self.run_folder = RunFolderWriter(
             settings.runs_dir, base_dirs, settings.finetune_max_length
         )
@@ -110,15 +117,17 @@ class FineTuningService:
             self.run_folder,
             adapters,
             submit=self.scheduler.submit,
-            fail=self._fail,
-            cancelling=self._cancelling,
+            guard=self.guard,
+            hooks=self.hooks,
         )
 
     # --- lifecycle ------------------------------------------------------------
     def start(self) -> None:
         """Carry on where the last gateway stopped, then start training."""
         for job in self.store.with_status("running"):
-            if self.runner.recover(job):
+            if job.get("_result") is not None:  # stopped during success: finish it
+                self._spawn(self._succeed_again(job["id"]), f"succeed-{job['id']}")
+            elif self.runner.recover(job):
                 self.scheduler.submit(job["id"])
         for job in sorted(self.store.with_status("queued"), key=lambda j: j.get("_queued_at", 0)):
             self.scheduler.submit(job["id"])
@@ -128,6 +137,8 @@ class FineTuningService:
 
     async def stop(self) -> None:
         self.validation.stop()
+        for task in self._tasks:
+            task.cancel()
         await self.runner.stop()
         await self.scheduler.stop()
 
@@ -200,12 +211,20 @@ class FineTuningService:
                 param="fine_tuning_job_id",
                 code="job_finished",
             )
-        self._cancelling.add(job_id)
+        if not self.store.finish(job_id, "cancelled"):
+            job = self.store.get(job_id)  # it ended meanwhile
+            raise InvalidRequestError(
+                f"The job is already {job['status']}.",
+                param="fine_tuning_job_id",
+                code="job_finished",
+            )
+        # From here on nothing overwrites "cancelled" (job_states): stop what still runs.
         self.scheduler.withdraw(job_id)
-        await self.runner.cancel(job_id)
-        self._finish_as(job_id, "cancelled")
-        # A cancelled job leaves nothing servable behind.
+        await self.runner.terminate(job_id)
+        # A cancelled job leaves nothing servable behind: its checkpoint models, and the
+        # adapter it registered if it was cancelled during success.
         await self.checkpoint_models.remove_all(job_id)
+        await self.success.remove_adapter_of(job_id)
         self.store.add_event(job_id, "Fine-tuning job cancelled.")
         return self.get(job_id)
 
@@ -220,7 +239,7 @@ class FineTuningService:
                 code="job_not_pausable",
             )
         if self.scheduler.withdraw(job_id):
-            self.store.update(job_id, status="paused", estimated_finish=None)
+            self.store.transition(job_id, ("queued",), "paused", estimated_finish=None)
             self.store.add_event(job_id, "Fine-tuning job paused before it started training.")
         elif not job.get("_pause_requested"):
             self.runner.request_pause(job_id)
@@ -241,7 +260,8 @@ class FineTuningService:
                 code="job_not_paused",
             )
         clear_pause(self._settings.runs_dir / job_id)
-        self.store.update(job_id, status="queued", _queued_at=time.time())
+        if not self.store.transition(job_id, ("paused",), "queued", _queued_at=time.time()):
+            return self.get(job_id)  # cancelled meanwhile
         self.store.add_event(job_id, "Fine-tuning job resumed: queued to continue training.")
         self.scheduler.submit(job_id)
         return self.get(job_id)
@@ -254,6 +274,32 @@ class FineTuningService:
             f"({busy} of {slots} slot{'s' if slots != 1 else ''} busy).",
             data={"queue_position": place},
         )
+
+    # --- stages, each under the guard ---------------------------------------
+    async def _run(self, job_id: str, slot: TrainerSlot) -> bool:
+        """One trainer run in a slot; True: queue the job again (it was interrupted)."""
+        again = False
+        async with self.guard.stage(job_id, "run"):
+            again = await self.runner.run(job_id, slot)
+        return again
+
+    async def _succeed(
+        self, job_id: str, result: dict[str, Any], metrics: list[dict[str, Any]]
+    ) -> None:
+        async with self.guard.stage(job_id, "succeed"):
+            await self.success.succeed(job_id, result, metrics)
+
+    async def _succeed_again(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        self.store.add_event(
+            job_id, "The gateway restarted while this job registered its adapter; carrying on."
+        )
+        await self._succeed(job_id, job["_result"], self.runner.step_metrics(job_id))
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def trainable_bases(self) -> list[str]:
         """The base models a job may name: those with an HF checkpoint."""
@@ -282,13 +328,3 @@ class FineTuningService:
             param="model",
             code="model_not_available",
         )
-
-    def _fail(self, job_id: str, code: str, message: str, param: str | None = None) -> None:
-        self._finish_as(job_id, "failed", error={"code": code, "message": message, "param": param})
-        self.store.add_event(job_id, message, level="error")
-
-    def _finish_as(self, job_id: str, status: str, **changes: Any) -> None:
-        self.store.update(
-            job_id, status=status, finished_at=int(time.time()), estimated_finish=None, **changes
-        )
-

@@ -8,6 +8,12 @@
                                                   finetune_max_auto_resumes
                                                   times; then failed)
 
+Every status change is a transition of ``job_states`` (compare and set): a
+job cancelled while its trainer stops stays cancelled. Whatever the run
+raises (a handler's bug, a database that cannot be written), the trainer is
+stopped before the exception leaves ``run``: no orphan keeps training while
+its slot goes to the next job; the stage guard then fails the job.
+
 A trainer's run is resumable because the trainer checkpoints each epoch with
 its optimizer, scheduler and RNG state, and resumes from the last checkpoint
 it sealed itself. A gateway that is stopped cleanly stops its trainers and
@@ -28,6 +34,7 @@ from typing import Any
 from gateway.errors import TunegateError
 from gateway.finetune.checkpoint_models import CheckpointModels, checkpoint_model_id
 from gateway.finetune.files import FileStore
+from gateway.finetune.hooks import StageHooks
 from gateway.finetune.jobs_store import JobStore
 from gateway.finetune.slots import TrainerSlot
 from gateway.finetune.trainer_process import (
@@ -43,6 +50,8 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 _PATHS = re.compile(r"(/[^\s'\"]+)+")
+# How a trainer's error event says the disk is full (ENOSPC, EDQUOT, SQLite's wording).
+_DISK_FULL_SIGNS = ("[Errno 28]", "No space left on device", "[Errno 122]", "disk is full")
 _PROGRESS_FIELDS = ("step", "total_steps", "epoch", "train_loss", "tokens_per_s", "eta_s")
 # The methods' train metrics (supervised: token accuracy; DPO: reward accuracy and margin)
 # and how the step events name them; a trainer reports those its method has.
@@ -55,7 +64,6 @@ VALID_METRIC_FIELDS = ("valid_mean_token_accuracy", "valid_reward_accuracy", "va
 
 # (job id, the trainer's result event, the step metrics of the whole job)
 Succeed = Callable[[str, dict[str, Any], list[dict[str, Any]]], Awaitable[None]]
-Fail = Callable[[str, str, str], None]
 
 
 @dataclass
@@ -80,7 +88,7 @@ class TrainingRunner:
         checkpoints: CheckpointModels,
         guard: ProcessGuard,
         succeed: Succeed,
-        fail: Fail,
+        hooks: StageHooks,
         trainer_module: str = TRAINER_MODULE,
     ) -> None:
         self._settings = settings
@@ -89,21 +97,21 @@ class TrainingRunner:
         self._checkpoints = checkpoints
         self._guard = guard
         self._succeed = succeed
-        self._fail = fail
+        self._hooks = hooks
         self.trainer_module = trainer_module  # tests run a stand-in
         self._trainers: dict[str, TrainerProcess] = {}
-        self._cancelling: set[str] = set()
         self._stopping = False
 
     # --- one run ----------------------------------------------------------------
     async def run(self, job_id: str, slot: TrainerSlot) -> bool:
         """Train ``job_id`` in ``slot`` until its trainer stops; True: queue it again."""
         job = self._store.get(job_id)
-        if job["status"] != "queued":
-            return False
-        run_dir = self._run_dir(job_id)
         runs = int(job.get("_runs", 0)) + 1
-        self._store.update(job_id, status="running", _runs=runs, _stopped_by_shutdown=False)
+        if not self._store.transition(
+            job_id, ("queued",), "running", _runs=runs, _stopped_by_shutdown=False
+        ):
+            return False  # paused or cancelled while it waited
+        run_dir = self._run_dir(job_id)
         if not job.get("_pause_requested"):
             clear_pause(run_dir)
         self._store.add_event(
@@ -126,21 +134,29 @@ class TrainingRunner:
                 if handler is not None:
                     await handler(job_id, event, state)
             returncode = await trainer.wait()
+        except BaseException:
+            await trainer.terminate()  # never an orphan trainer in a slot given to another job
+            raise
         finally:
             self._trainers.pop(job_id, None)
         return await self._after_run(job_id, state, returncode)
 
     async def _after_run(self, job_id: str, state: _Run, returncode: int) -> bool:
-        if job_id in self._cancelling or self._stopping:
-            return False  # cancel has recorded it; a stopping gateway resumes it next time
+        if self._stopping:
+            return False  # a stopping gateway resumes it next time
+        if self._store.get(job_id)["status"] != "running":
+            return False  # cancelled (or failed) while its trainer ran: it stays so
         if state.result is not None and returncode == 0:
-            self._store.update(job_id, _pause_requested=False)
+            # Kept with the job: a gateway stopped during success carries on from here.
+            self._store.update(job_id, _pause_requested=False, _result=state.result)
+            await self._hooks.reach("trainer_finished", job_id=job_id)
             await self._succeed(job_id, state.result, self.step_metrics(job_id))
             return False
         if state.paused_at is not None and returncode == 0:
-            self._store.update(
-                job_id, status="paused", _pause_requested=False, estimated_finish=None
-            )
+            if not self._store.transition(
+                job_id, ("running",), "paused", _pause_requested=False, estimated_finish=None
+            ):
+                return False
             self._store.add_event(
                 job_id,
                 f"Fine-tuning job paused at step {state.paused_at}, with a checkpoint saved; "
@@ -149,8 +165,7 @@ class TrainingRunner:
             )
             return False
         if state.error is not None:
-            message = _without_paths(state.error)
-            self._fail(job_id, "training_failed", f"Training failed: {message}")
+            self._store.fail(job_id, *_training_error(state.error))
             return False
         return self.after_interruption(job_id, f"the trainer stopped (exit status {returncode})")
 
@@ -158,7 +173,8 @@ class TrainingRunner:
         """At start: a job that was running when the last gateway stopped; True: queue it."""
         job_id = job["id"]
         if job.get("_pause_requested"):
-            self._store.update(job_id, status="paused", _pause_requested=False)
+            if not self._store.transition(job_id, ("running",), "paused", _pause_requested=False):
+                return False
             self._store.add_event(
                 job_id,
                 "The gateway stopped while this job was pausing: it is paused at its last "
@@ -166,7 +182,10 @@ class TrainingRunner:
             )
             return False
         if job.get("_stopped_by_shutdown"):
-            self._store.update(job_id, status="queued", _stopped_by_shutdown=False)
+            if not self._store.transition(
+                job_id, ("running",), "queued", _stopped_by_shutdown=False
+            ):
+                return False
             self._store.add_event(
                 job_id,
                 "The gateway was stopped while this job was running; it resumes from its last "
@@ -181,7 +200,7 @@ class TrainingRunner:
         resumes = int(job.get("_auto_resumes", 0)) + 1
         limit = self._settings.finetune_max_auto_resumes
         if resumes > limit:
-            self._fail(
+            self._store.fail(
                 job_id,
                 "too_many_interruptions",
                 f"Training was interrupted ({reason}) after {limit} automatic "
@@ -189,7 +208,10 @@ class TrainingRunner:
                 "finetune_max_auto_resumes): the job stops here. Its checkpoints stay servable.",
             )
             return False
-        self._store.update(job_id, status="queued", _auto_resumes=resumes, estimated_finish=None)
+        if not self._store.transition(
+            job_id, ("running",), "queued", _auto_resumes=resumes, estimated_finish=None
+        ):
+            return False
         self._store.add_event(
             job_id,
             f"Training was interrupted ({reason}); it resumes from its last checkpoint "
@@ -205,8 +227,8 @@ class TrainingRunner:
         self._store.update(job_id, _pause_requested=True)
         request_pause(self._run_dir(job_id))
 
-    async def cancel(self, job_id: str) -> None:
-        self._cancelling.add(job_id)
+    async def terminate(self, job_id: str) -> None:
+        """Stop the job's trainer, if one runs (a cancel, or a stage that failed)."""
         trainer = self._trainers.get(job_id)
         if trainer is not None:
             await trainer.terminate()
@@ -341,6 +363,13 @@ class TrainingRunner:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def _training_error(error: str) -> tuple[str, str]:
+    """(code, message) for the error a trainer reported; a full disk has a code of its own."""
+    if any(sign in error for sign in _DISK_FULL_SIGNS):
+        return "disk_full", "Training failed: the disk is full."
+    return "training_failed", f"Training failed: {_without_paths(error)}"
 
 
 def _without_paths(message: str) -> str:

@@ -4,7 +4,8 @@ It speaks the trainer's event protocol without training: two steps an epoch,
 a checkpoint (an adapter copied from ``FAKE_TRAINER["adapter"]``) each epoch,
 a pause when ``RUN_DIR/pause`` exists, a resume from the step it last saved.
 ``FAKE_TRAINER`` (JSON in the environment) also says how long a step takes
-and where to crash: ``crash_at`` (every run) or ``crash_once_at``.
+and where to crash: ``crash_at`` (every run) or ``crash_once_at``. An exception
+(a full disk) is an ``error`` event and exit status 1, as ``tuner.job`` reports it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ def copy_adapter(template: Path, target: Path) -> Path:
 
 
 def main() -> int:
-    run_dir = Path(sys.argv[1])
+    try:
+        return train(Path(sys.argv[1]))
+    except Exception as exc:  # reported as tuner.job reports it (a full disk, say)
+        emit("error", message=f"{type(exc).__name__}: {exc}"[:500])
+        return 1
+
+
+def train(run_dir: Path) -> int:
     options = json.loads(os.environ.get("FAKE_TRAINER", "{}"))
     template = Path(options["adapter"])
     spec = json.loads((run_dir / "job.json").read_text())

@@ -5,46 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-
-import pytest
 
 from gateway.finetune.slots import slots_from_settings
 from gateway.settings import Settings
-from tests.support.adapter_factory import write_adapter
 from tests.unit.test_fine_tuning_routes import create, settle, upload
 from tests.unit.test_routing import assert_openai_error
 
 FINAL = ("succeeded", "failed", "cancelled")
-
-
-@pytest.fixture
-def trainer_options(tmp_path, monkeypatch) -> Callable[..., None]:
-    template = write_adapter(tmp_path / "template-adapter")
-
-    def configure(**options: object) -> None:
-        monkeypatch.setenv(
-            "FAKE_TRAINER", json.dumps({"adapter": str(template), "step_s": 0.05, **options})
-        )
-
-    configure()
-    return configure
-
-
-@pytest.fixture
-async def started(make_gateway, trainer_options) -> AsyncIterator[Callable]:
-    """Gateways whose fine-tuning service runs the stand-in trainer once started."""
-    services = []
-
-    def start(gateway) -> None:
-        service = gateway.app.state.runtime.fine_tuning
-        service.runner.trainer_module = "tests.unit.fake_trainer"
-        service.start()
-        services.append(service)
-
-    yield start
-    for service in services:
-        await service.stop()
 
 
 async def new_job(gateway, n_epochs: int = 1) -> str:
@@ -186,9 +153,9 @@ async def test_after_a_restart_running_jobs_resume_and_pausing_ones_pause(make_g
     store = gateway.app.state.runtime.fine_tuning.store
     killed, pausing, exhausted = [await new_job(gateway) for _ in range(3)]
     # As a gateway killed mid-training leaves them:
-    store.update(killed, status="running", _runs=1)
-    store.update(pausing, status="running", _runs=1, _pause_requested=True)
-    store.update(exhausted, status="running", _runs=3, _auto_resumes=2)
+    store.transition(killed, ("queued",), "running", _runs=1)
+    store.transition(pausing, ("queued",), "running", _runs=1, _pause_requested=True)
+    store.transition(exhausted, ("queued",), "running", _runs=3, _auto_resumes=2)
     started(gateway)
     assert (await wait_status(gateway, killed, FINAL))["status"] == "succeeded"
     assert any(
