@@ -32,6 +32,7 @@ from gateway.finetune.jobs_store import JobStore
 from gateway.finetune.merges import MergeService
 from gateway.finetune.service import FineTuningService
 from gateway.forwarding import Forwarder, RequestLimits, StreamOpener
+from gateway.gguf_bases import GgufOnlyBases
 from gateway.loop_watch import LoopWatch
 from gateway.metrics import GatewayMetrics
 from gateway.model_names import OpenAINames
@@ -59,6 +60,8 @@ class GatewayRuntime:
     loop_watch: LoopWatch
     # The lean client's kept-alive engine connections (none where tests use httpx fakes).
     upstream: stream_client.UpstreamClient | None = None
+    # Bases given only as a GGUF, their HF checkpoints derived for training in the background.
+    gguf_bases: GgufOnlyBases | None = None
 
     def engine_statuses(self) -> list[EngineStatus]:
         return [status for engine in self.engines.values() for status in engine.statuses()]
@@ -100,6 +103,8 @@ class GatewayRuntime:
         await self.loop_watch.stop()
         await self.fine_tuning.stop()
         await self.merges.stop()
+        if self.gguf_bases is not None:
+            await self.gguf_bases.stop()
         await asyncio.gather(*(e.stop() for e in self.engines.values()), return_exceptions=True)
         await self.http.aclose()
         if self.upstream is not None:
@@ -176,15 +181,18 @@ class _EngineSetBuilder:
         if self._llamacpp is None:
             self._llamacpp = LlamaCppEngine(self.settings, self.http, self.guard)
             self.engines[self._llamacpp.key] = self._llamacpp
+        # With vLLM off, the GGUF answers to the base's own id too (its `-gguf` id an alias).
+        own_id = not self.settings.vllm_enabled and not spec.gguf_id
         entry = ModelEntry(
-            id=spec.served_gguf_id,
+            id=spec.id if own_id else spec.served_gguf_id,
             kind="base",
             engine=LlamaCppEngine.family,
             engine_key=LlamaCppEngine.key,
             weights=spec.gguf,
             owned_by=spec.owned_by,
         )
-        self.catalog.add(entry)
+        self.catalog.add(entry, alias=spec.served_gguf_id)
+        self._llamacpp.add_base(entry, spec.id, spec.hf_dir)  # its adapters run on it
         self._llamacpp.preload(entry)
 
 
@@ -247,7 +255,7 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
     stopped = guard.claim()
     if stopped:
         log.warning("stopped %d process(es) a previous gateway left running", len(stopped))
-    if settings.embedded_model and settings.vllm_enabled:
+    if settings.embedded_model:  # vLLM serves it; the tuner and LoRA conversion read it
         await prepare_embedded_checkpoint(settings, guard)
     http = _new_http_client(settings)
     catalog = ModelCatalog()
@@ -266,6 +274,10 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
         settings, http, catalog, builder.engines, base_dirs, guard, upstream.open
     )
     runtime.upstream = upstream
+    runtime.gguf_bases = GgufOnlyBases(
+        settings, guard, catalog, builder.engines.get("llama.cpp"), base_dirs  # type: ignore[arg-type]
+    )
+    runtime.gguf_bases.start(specs)
     runtime.loop_watch.start()
     runtime.merges.start()
     runtime.fine_tuning.start()
