@@ -223,7 +223,9 @@ def test_a_client_that_goes_away_ends_the_generation_in_the_engine(gateway, clie
         time.sleep(0.2)
 
 
-def test_tools_on_the_embedded_base_name_the_setting_that_enables_them(client):
+def test_tools_on_the_embedded_base_need_no_setting(client):
+    """vLLM serves the embedded model with tunegate's tool template and the "hermes"
+    parser: a request with tools is answered (the untrained base seldom calls them)."""
     weather = {
         "type": "function",
         "function": {
@@ -231,14 +233,16 @@ def test_tools_on_the_embedded_base_name_the_setting_that_enables_them(client):
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
         },
     }
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.chat.completions.create(
-            model=BASE, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[weather]
-        )
-    error = refused.value.body
-    assert refused.value.status_code == 400
-    assert error["param"] == "tools" and error["code"] == "tool_calls_not_enabled"
-    assert "tool_call_parser" in error["message"]
+    reply = client.chat.completions.create(
+        model=BASE,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[weather],
+        max_tokens=24,
+        temperature=0,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason in ("stop", "length", "tool_calls")
+    assert choice.message.content or choice.message.tool_calls
 
 
 def test_models_show_each_replica_of_a_base(client):
