@@ -1,14 +1,17 @@
 """Adapters as servable models: the registry on disk, the model table, the engine.
 
 Registering adds the adapter to the model table (id and alias); serving loads
-it into vLLM on first use; removing unloads it from the engine, takes it off
-the table and deletes it from disk.
+it into vLLM on first use. Removing goes in the one order that never serves a
+half-deleted adapter: off the table first (new requests get 404 at once), then
+unloaded from every replica once its requests in flight have ended, then its
+files deleted, then the models made from it (merges) removed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from adapters.registry import AdapterRegistry, RegisterRequest
 from gateway.catalog import ModelCatalog, ModelEntry
 from gateway.engines.base import Engine
 from gateway.engines.llamacpp_lora import gguf_adapter_id, gguf_alias
-from gateway.errors import ModelNotFoundError
+from gateway.errors import ModelNotFoundError, TunegateError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,12 @@ class AdapterService:
         self.registry = registry
         self._catalog = catalog
         self._engines = engines
+        # How to remove a model made from an adapter, by its kind ("merged": MergeService).
+        self._dependents: dict[str, Callable[[str], Awaitable[None]]] = {}
+
+    def remove_dependents_with(self, kind: str, remove: Callable[[str], Awaitable[None]]) -> None:
+        """Models of ``kind`` whose parent is a removed adapter are removed with ``remove``."""
+        self._dependents[kind] = remove
 
     def load_registered(self) -> None:
         for manifest in self.registry.load():
@@ -64,10 +73,22 @@ class AdapterService:
         # Its rows on every engine (vLLM, and llama.cpp as ``<id>:gguf``) go together.
         rows = [e for e in self._catalog.entries() if _is_row_of(e, adapter_id)]
         for row in rows:
-            await self._engines[row.engine_key].unload(row)
-        for row in rows:
             self._catalog.remove(row.id)
-        return await asyncio.to_thread(self.registry.remove, adapter_id)
+        for row in rows:
+            await self._engines[row.engine_key].unload(row)
+        manifest = await asyncio.to_thread(self.registry.remove, adapter_id)
+        await self._remove_dependents(adapter_id)
+        return manifest
+
+    async def _remove_dependents(self, adapter_id: str) -> None:
+        for child in self._catalog.entries():
+            remove = self._dependents.get(child.kind)
+            if child.parent != adapter_id or remove is None:
+                continue
+            try:
+                await remove(child.id)
+            except TunegateError as error:  # the adapter is gone already: remove the rest
+                log.warning("could not remove %s with its adapter: %s", child.id, error.message)
 
     def describe(self, manifest: AdapterManifest) -> dict[str, Any]:
         described = manifest.to_openai(root=manifest.base)

@@ -223,6 +223,7 @@ def assemble_runtime(
     )
     database = open_database(settings.data_root / "jobs.sqlite")
     merges = MergeService(settings, database, adapters, catalog, engines, base_dirs, guard)
+    adapters.remove_dependents_with("merged", merges.remove)
     fine_tuning = FineTuningService(
         settings,
         JobStore(database),

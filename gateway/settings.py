@@ -256,6 +256,18 @@ class Settings(BaseSettings):
     vllm_max_lora_rank: int = Field(16, gt=0, description="Highest LoRA rank vLLM accepts.")
     vllm_max_loras: int = Field(2, gt=0, description="Adapters active in one batch.")
     vllm_max_cpu_loras: int = Field(4, gt=0, description="Adapters kept loaded in the engine.")
+    vllm_adapter_slot_wait_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request waits for an adapter slot while every loaded adapter is "
+        "in use by requests in flight; then it gets 503 with Retry-After.",
+    )
+    vllm_adapter_drain_s: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds deleting an adapter waits for its requests in flight to end "
+        "before unloading it.",
+    )
     vllm_extra_args: list[str] = Field(
         default_factory=list, description="Further vLLM server flags, as a JSON list of strings."
     )

@@ -33,7 +33,12 @@ from gateway.engines.placement import detect_device, replica_placements
 from gateway.engines.process import Backoff, ProcessSpec, SupervisedProcess, free_port
 from gateway.engines.routing import RoutingPolicy, make_policy
 from gateway.engines.vllm_replicas import ManagedReplica, RemoteReplica, VllmReplica
-from gateway.errors import AdapterLoadError, EngineUnavailableError, ReplicaUnreachableError
+from gateway.errors import (
+    AdapterLoadError,
+    EngineUnavailableError,
+    ModelNotFoundError,
+    ReplicaUnreachableError,
+)
 from gateway.process_guard import ProcessGuard
 from gateway.settings import BaseModelSpec, Settings
 
@@ -144,6 +149,9 @@ class VllmReplicaSet:
                 "vllm_urls are given"
             )
         self._changed = asyncio.Event()
+        # Adapters deleted, by the entry that was deleted: a request that resolved it
+        # just before gets 404, one for a later adapter of the same id does not.
+        self._deleted: dict[str, ModelEntry] = {}
         for replica in self.replicas:
             replica.on_change = self._notify
         self._health_task: asyncio.Task[None] | None = None
@@ -197,7 +205,7 @@ class VllmReplicaSet:
                     on_state=replica.process_state_changed,
                 )
 
-            loras = LoraSlots(self._http, settings.vllm_max_cpu_loras, name)
+            loras = LoraSlots.from_settings(self._http, settings, name)
             replicas.append(ManagedReplica(name, spec.id, loras, make_process))
         return replicas
 
@@ -211,7 +219,7 @@ class VllmReplicaSet:
                 f"{self.key}/{url}",
                 spec.id,
                 Upstream(url, headers),
-                LoraSlots(self._http, settings.vllm_max_cpu_loras, f"{self.key}/{url}", mapper),
+                LoraSlots.from_settings(self._http, settings, f"{self.key}/{url}", mapper),
             )
             for url in settings.vllm_urls_for(spec)
         ]
@@ -263,10 +271,12 @@ class VllmReplicaSet:
         deadline = time.monotonic() + self._settings.engine_wait_s
         while True:
             replica = await self._choose(entry, adapter, avoid, deadline, failures)
-            lease = replica.lease()
+            lease = replica.lease(adapter)  # keeps the adapter loaded until the answer ends
             if adapter is None or entry.weights is None:
                 return lease
             try:
+                if self._deleted.get(adapter) is entry:  # resolved just before its delete
+                    raise ModelNotFoundError(adapter)
                 await replica.loras.ensure_loaded(replica.upstream, adapter, entry.weights)
                 return lease
             except ReplicaUnreachableError as error:
@@ -324,11 +334,10 @@ class VllmReplicaSet:
                 candidate.take_out("a request could not reach it")
 
     async def unload(self, entry: ModelEntry) -> None:
-        for replica in self.replicas:
-            if replica.serving():
-                await replica.loras.unload(replica.upstream, entry.id)
-            else:
-                replica.forget_adapter(entry.id)
+        """Delete an adapter: no new request may lease it; unload it everywhere once the
+        requests in flight on it have ended."""
+        self._deleted[entry.id] = entry
+        await asyncio.gather(*(r.retire_adapter(entry.id) for r in self.replicas))
 
     def ready(self) -> bool:
         return any(r.serving() for r in self.replicas)

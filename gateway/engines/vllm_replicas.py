@@ -52,10 +52,20 @@ class VllmReplica:
     def load(self) -> ReplicaLoad:
         return ReplicaLoad(self.name, self.in_flight, self.loras.held())
 
-    def lease(self) -> Lease:
+    def lease(self, adapter: str | None = None) -> Lease:
+        """One request's place here; with ``adapter``, also a lease that keeps it loaded
+        here until the answer ends."""
         self.in_flight += 1
         self.requests += 1
-        return Lease(self.name, self.upstream, self._finished)
+        if adapter is None:
+            return Lease(self.name, self.upstream, self._finished)
+        release = self.loras.lease(adapter)
+
+        def finished() -> None:
+            release()
+            self._finished()
+
+        return Lease(self.name, self.upstream, finished)
 
     def _finished(self) -> None:
         self.in_flight -= 1
@@ -76,6 +86,14 @@ class VllmReplica:
         await self.loras.reload(self.upstream, self.loras.forget_all())
         self.taken_out_at = None
         self.on_change()
+
+    async def retire_adapter(self, name: str) -> None:
+        """The adapter is being deleted: once its requests here have ended, unload it
+        (or, when this replica is down, just do not load it again)."""
+        if self.serving():
+            await self.loras.retire(self.upstream, name)
+        else:
+            self.forget_adapter(name)
 
     def forget_adapter(self, name: str) -> None:
         """The adapter is gone, and this replica is down: do not load it again here."""
