@@ -244,6 +244,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 0
     for imported in importer.run(plan):
         print(f"{imported.source_id}\t{imported.job_id}")
+    if importer.failed:
+        raise CliError(f"{len(importer.failed)} job(s) not imported (see above)")
     return 0
 
 

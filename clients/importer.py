@@ -10,8 +10,10 @@ downloaded and uploaded here (each file once), and the job is created here with:
 - the same ``model`` name. The gateway maps OpenAI names to local bases (setting
   ``openai_models``; by default OpenAI's fine-tunable models train the embedded
   model), so the mapping lives in one place, the same one that serves chat
-  requests naming that model. The plan shows the local base each name maps to; a
-  name that maps to nothing is skipped with the gateway's own message.
+  requests naming that model. The plan shows the local model each name maps to
+  (or the gateway's message when it serves none); creating the job is what
+  decides, and a job the gateway refuses is reported with its message, the
+  others imported all the same.
 - the method (``supervised``, ``dpo``) and its hyperparameters as the source shows
   them: explicit values stay, "auto" stays "auto". ``reinforcement`` jobs are skipped.
 - ``suffix``, ``seed`` and ``metadata``, plus ``IMPORTED_FROM`` = the source job's
@@ -44,6 +46,7 @@ class PlannedJob:
     files: dict[str, str] = field(default_factory=dict)  # training_file/validation_file -> id
     create: dict[str, Any] = field(default_factory=dict)
     skip: str | None = None
+    note: str | None = None  # what the gateway says of the model, when it serves none
 
 
 @dataclass
@@ -93,6 +96,7 @@ class Importer:
         self.say = say
         self._local_models: dict[str, str | None] = {}
         self._model_errors: dict[str, str] = {}
+        self.failed: dict[str, str] = {}  # source job id -> why the target refused it
 
     # --- planning ---------------------------------------------------------------
     def plan(self, job_ids: Iterable[str] = (), statuses: Iterable[str] = ()) -> list[PlannedJob]:
@@ -115,12 +119,12 @@ class Importer:
         plan.files = {name: job[name] for name in _FILE_FIELDS if job.get(name)}
         plan.create = _creation(job, kind, hyperparameters)
         plan.local_model = self._local_model(job["model"])
+        if plan.local_model is None:
+            plan.note = self._model_errors[job["model"]]
         if job["id"] in imported:
             plan.skip = f"imported before, as {imported[job['id']]}"
         elif kind not in ("supervised", "dpo"):
             plan.skip = f"the {kind} method is not supported here (supervised and dpo are)"
-        elif plan.local_model is None:
-            plan.skip = self._model_errors[job["model"]]
         elif len(plan.create["metadata"]) > METADATA_MAX_PAIRS:
             plan.skip = (
                 f"its metadata has {METADATA_MAX_PAIRS} pairs already: no room for "
@@ -153,6 +157,8 @@ class Importer:
 
     # --- running ----------------------------------------------------------------
     def run(self, plan: list[PlannedJob]) -> list[ImportedJob]:
+        """Creates the planned jobs; one the target refuses is reported (``failed``)
+        and the others carry on."""
         copied: dict[str, str] = {}
         done = []
         for job in plan:
@@ -163,7 +169,12 @@ class Importer:
                 if file_id not in copied:
                     copied[file_id] = self._copy_file(file_id)
                 create[name] = copied[file_id]
-            created = self.target.fine_tuning.jobs.create(**create)
+            try:
+                created = self.target.fine_tuning.jobs.create(**create)
+            except Exception as exc:  # the SDK's APIStatusError, with the gateway's message
+                self.failed[job.source_id] = _message_of(exc)
+                self.say(f"{job.source_id}: not imported: {self.failed[job.source_id]}")
+                continue
             self.say(f"{job.source_id} -> {created.id} ({created.model})")
             done.append(ImportedJob(job.source_id, created.id, job.local_model))
         return done
@@ -190,6 +201,8 @@ def describe(plan: list[PlannedJob]) -> list[str]:
             lines.append(f"skip {head}: {job.skip}")
             continue
         lines.append(f"import {head}")
+        if job.note:
+            lines.append(f"    model: {job.note}")
         files = ", ".join(f"{k}={v}" for k, v in job.files.items())
         lines.append(f"    files: {files}")
         settings = job.create["method"][job.method]["hyperparameters"]

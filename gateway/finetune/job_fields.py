@@ -1,7 +1,7 @@
 """The job fields that OpenAI code sends beside the data: ``metadata`` and ``integrations``.
 
 Checked with OpenAI's limits, and refused in OpenAI's words and codes, so that code
-that handles OpenAI's errors handles these too:
+that handles OpenAI's errors handles these too (``seed`` and ``suffix`` as well):
 
 - ``metadata``: at most 16 pairs; keys up to 64 characters, values up to 512; strings.
 - ``integrations``: ``[{"type": "wandb", "wandb": {"project", "name", "entity", "tags"}}]``.
@@ -46,6 +46,46 @@ def invalid_type(param: str, expected: type, value: Any) -> InvalidRequestError:
         param=param,
         code="invalid_type",
     )
+
+
+SEED_MAX = 2**31 - 1
+SUFFIX_MAX = 64
+
+
+def check_seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, str) and seed.strip().lstrip("-").isdigit():
+        seed = int(seed)  # a form field (/v1/fine_tunes) is text
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise invalid_type("seed", int, seed)
+    for beyond, word, bound, code in (
+        (seed < 0, "below minimum", ">= 0", "integer_below_min_value"),
+        (seed > SEED_MAX, "above maximum", f"<= {SEED_MAX}", "integer_above_max_value"),
+    ):
+        if beyond:
+            raise InvalidRequestError(
+                f"Invalid 'seed': integer {word} value. Expected a value {bound}, "
+                f"but got {seed} instead.",
+                param="seed",
+                code=code,
+            )
+    return seed
+
+
+def check_suffix(suffix: Any) -> str | None:
+    if suffix is None:
+        return None
+    if not isinstance(suffix, str):
+        raise invalid_type("suffix", str, suffix)
+    if len(suffix) > SUFFIX_MAX:
+        raise InvalidRequestError(
+            f"Invalid 'suffix': string too long. Expected a string with maximum length "
+            f"{SUFFIX_MAX}, but got a string with length {len(suffix)} instead.",
+            param="suffix",
+            code="string_above_max_length",
+        )
+    return suffix
 
 
 def check_metadata(metadata: Any) -> dict[str, str] | None:

@@ -15,7 +15,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway.finetune.job_fields import check_integrations, check_metadata
+from gateway.finetune.job_fields import (
+    check_integrations,
+    check_metadata,
+    check_seed,
+    check_suffix,
+)
 
 AutoInt = Literal["auto"] | Annotated[int, Field(ge=1)]
 
@@ -86,6 +91,16 @@ class CreateJobRequest(BaseModel):
     @classmethod
     def openai_metadata(cls, value: Any) -> dict[str, str] | None:
         return check_metadata(value)
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def openai_seed(cls, value: Any) -> int | None:
+        return check_seed(value)
+
+    @field_validator("suffix", mode="before")
+    @classmethod
+    def openai_suffix(cls, value: Any) -> str | None:
+        return check_suffix(value)
 
     @field_validator("integrations", mode="before")
     @classmethod

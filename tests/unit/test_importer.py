@@ -56,6 +56,8 @@ class Target:
             return models[name]
 
         def create(**body: Any) -> SimpleNamespace:
+            if body["model"] not in models:
+                raise NotFound(f"'{body['model']}' is an OpenAI model name that is not mapped")
             self.created.append({**body, "id": f"ftjob-{len(self.created)}"})
             return SimpleNamespace(id=self.created[-1]["id"], model=body["model"])
 
@@ -126,10 +128,11 @@ def test_what_cannot_be_imported_is_skipped_with_the_reason():
         job("ftjob-full", metadata={f"k{i}": "v" for i in range(16)}),
         job("ftjob-other", status="failed", created_at=0),
     ]
-    importer = Importer(Source(jobs, {}), Target(MODELS), say=lambda line: None)
+    importer = Importer(Source(jobs, {"file-train": b"t"}), Target(MODELS), say=lambda line: None)
     plan = {p.source_id: p for p in importer.plan()}
     assert "reinforcement method is not supported" in (plan["ftjob-rl"].skip or "")
-    assert "not mapped" in (plan["ftjob-unmapped"].skip or "")
+    assert plan["ftjob-unmapped"].skip is None  # the gateway decides, when it is created
+    assert "not mapped" in (plan["ftjob-unmapped"].note or "")
     assert IMPORTED_FROM in (plan["ftjob-full"].skip or "")
     assert plan["ftjob-other"].skip is None
     lines = describe(list(plan.values()))
@@ -139,6 +142,10 @@ def test_what_cannot_be_imported_is_skipped_with_the_reason():
     assert [p.source_id for p in only] == ["ftjob-other"]
     assert [p.source_id for p in importer.plan(statuses=["failed"])] == ["ftjob-other"]
     assert describe([]) == ["no fine-tuning jobs to import"]
+    # Creating: the refused job is reported, the others carry on.
+    done = importer.run(importer.plan(job_ids=["ftjob-unmapped", "ftjob-other"]))
+    assert [d.source_id for d in done] == ["ftjob-other"]
+    assert "not mapped" in importer.failed["ftjob-unmapped"]
 
 
 def test_the_command_needs_the_sources_key(monkeypatch, capsys):

@@ -172,3 +172,43 @@ def test_the_users_wandb_environment_wins(tmp_path: Path):
     assert (env["WANDB_MODE"], env["WANDB_DIR"]) == ("online", "/elsewhere")
     (tmp_path / "job.json").write_text(json.dumps({"seed": 1}))
     assert report_to(tmp_path, {}) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code", "message"),
+    [
+        (
+            {"seed": -1},
+            "seed",
+            "integer_below_min_value",
+            "Invalid 'seed': integer below minimum value. Expected a value >= 0, "
+            "but got -1 instead.",
+        ),
+        (
+            {"seed": 2**31},
+            "seed",
+            "integer_above_max_value",
+            f"Invalid 'seed': integer above maximum value. Expected a value <= {2**31 - 1}, "
+            f"but got {2**31} instead.",
+        ),
+        (
+            {"seed": "abc"},
+            "seed",
+            "invalid_type",
+            "Invalid type for 'seed': expected an integer, but got a string instead.",
+        ),
+        (
+            {"suffix": "s" * 65},
+            "suffix",
+            "string_above_max_length",
+            "Invalid 'suffix': string too long. Expected a string with maximum length 64, "
+            "but got a string with length 65 instead.",
+        ),
+    ],
+)
+async def test_seed_and_suffix_out_of_bounds_are_refused_in_openai_words(
+    gateway, body, param, code, message
+):
+    file_id = (await upload(gateway))["id"]
+    error = await refused(gateway, file_id, **body)
+    assert (error["param"], error["code"], error["message"]) == (param, code, message)
