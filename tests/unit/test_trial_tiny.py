@@ -29,6 +29,13 @@ REPORT_KEYS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def short_answers(monkeypatch) -> None:
+    """A tiny random model's answers are noise: a few tokens of it test the mechanics."""
+    monkeypatch.setattr("tuner.trial_checks.ANSWER_TOKENS", 8)
+    monkeypatch.setattr("tuner.trial_holdout.SAMPLE_TOKENS", 8)
+
+
 def with_block(spec: JobSpec, **blocks: dict) -> JobSpec:
     path = spec.run_dir / "job.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **blocks}))
