@@ -104,7 +104,8 @@ class Importer:
         if wanted:
             jobs = [_as_dict(self.source.fine_tuning.jobs.retrieve(j)) for j in wanted]
         else:
-            jobs = [_as_dict(j) for j in self.source.fine_tuning.jobs.list(limit=100)]
+            # Listed newest first: reversed, so that jobs of the same second keep their order.
+            jobs = [_as_dict(j) for j in self.source.fine_tuning.jobs.list(limit=100)][::-1]
         imported = self._imported_here()
         planned = []
         for job in sorted(jobs, key=lambda j: j.get("created_at") or 0):

@@ -35,7 +35,7 @@ class Source:
     def __init__(self, jobs: list[dict[str, Any]], files: dict[str, bytes]) -> None:
         self.fine_tuning = SimpleNamespace(
             jobs=SimpleNamespace(
-                list=lambda limit: iter(jobs),
+                list=lambda limit: iter(jobs[::-1]),  # newest first, as OpenAI lists them
                 retrieve=lambda job_id: next(j for j in jobs if j["id"] == job_id),
             )
         )
