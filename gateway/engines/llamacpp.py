@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 FAMILY = "llama.cpp"
 _EXPECTED_STARTUP_S = 2.0
+_START_POLL_S = 0.5  # how often a new process is checked for an exit while it starts
 # Where ``make setup`` builds llama-server: under the venv, next to the converter.
 DEFAULT_SERVER_BIN = (
     Path(sys.prefix) / "share" / "tunegate" / "llama.cpp" / "build" / "bin" / "llama-server"
@@ -331,12 +333,17 @@ class LlamaCppEngine:
                 self._servers[model_id] = fresh
                 fresh.process.start()
                 return fresh
-            return await self._hand_over(server, fresh)
+            try:
+                return await self._hand_over(server, fresh)
+            except EngineUnavailableError:
+                if adapter is not None:  # its file may be what llama-server cannot load:
+                    self._forget_conversion(adapter, model_id)  # converted afresh next time
+                raise
 
     async def _hand_over(self, old: _Server, fresh: _Server) -> _Server:
         """Start ``fresh`` beside ``old``; once it is healthy, route to it and drain ``old``."""
         fresh.process.start()
-        if not await fresh.process.wait_ready(self._settings.llamacpp_startup_timeout_s):
+        if not await self._started(fresh.process):
             reason = fresh.process.last_error or fresh.process.state.value
             await fresh.process.stop()
             raise EngineUnavailableError(
@@ -357,6 +364,17 @@ class LlamaCppEngine:
             fresh.process.pid,
         )
         return fresh
+
+    async def _started(self, process: SupervisedProcess) -> bool:
+        """Healthy within the start-up timeout; False as soon as it exits while starting
+        (an adapter it cannot load, say) rather than after its restarts."""
+        deadline = time.monotonic() + self._settings.llamacpp_startup_timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            if await process.wait_ready(min(_START_POLL_S, left)):
+                return True
+            if process.restarts:
+                return False
+        return process.ready()
 
     def _new_server(self, model: ModelEntry) -> _Server:
         model_id = model.id
@@ -419,6 +437,11 @@ class LlamaCppEngine:
             self._conversions[entry.id] = task
             task.add_done_callback(lambda _: self._conversions.pop(entry.id, None))
         return await asyncio.shield(task)
+
+    def _forget_conversion(self, adapter: str, model_id: str) -> None:
+        entry = self._adapters.get(model_id, {}).get(adapter)
+        if entry is not None and entry.weights is not None:
+            (entry.weights / ADAPTER_GGUF_FILE).unlink(missing_ok=True)
 
     async def _drop_adapter(self, entry: ModelEntry) -> None:
         """Stop serving an adapter: a process that loaded it hands over to one without it

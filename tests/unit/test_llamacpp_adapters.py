@@ -31,6 +31,7 @@ class FakeProcess:
     """Stands in for SupervisedProcess: ready at once, or when the test says so."""
 
     auto_ready = True
+    crash_on_start = False
     made: list[FakeProcess] = []
 
     def __init__(self, spec, http, backoff, stop_timeout_s, guard, **_: object) -> None:
@@ -50,7 +51,9 @@ class FakeProcess:
 
     def start(self) -> None:
         self.state = EngineState.STARTING
-        if FakeProcess.auto_ready:
+        if FakeProcess.crash_on_start:  # as llama-server exits on a LoRA it cannot load
+            self.state, self.restarts = EngineState.RESTARTING, 1
+        elif FakeProcess.auto_ready:
             self.become_ready()
 
     def become_ready(self) -> None:
@@ -77,6 +80,7 @@ class FakeProcess:
 def fake_processes(monkeypatch):
     FakeProcess.made = []
     FakeProcess.auto_ready = True
+    FakeProcess.crash_on_start = False
     monkeypatch.setattr(llamacpp, "SupervisedProcess", FakeProcess)
 
 
@@ -316,8 +320,21 @@ async def test_a_process_that_never_gets_healthy_leaves_the_old_one_serving(tmp_
     with pytest.raises(EngineUnavailableError, match="did not start"):
         await gw.runtime.adapters.preload(second)
     assert FakeProcess.made[-1].stopped and not old.stopped
+    # Its file is dropped (llama-server may be unable to load it): converted afresh next time.
+    assert not (gw.settings.adapters_dir / second / ADAPTER_GGUF_FILE).exists()
     await gw.chat("a")
     assert gw.upstream.seen[-1].url.port == old.spec.port
+
+
+async def test_a_process_that_exits_while_starting_fails_the_hand_over_at_once(tmp_path, converter):
+    gw = Gateway(tmp_path, vllm=False)  # the start-up timeout is 120 s: not waited out
+    await gw.runtime.adapters.preload(await gw.register("a"))
+    old = FakeProcess.made[-1]
+    second = await gw.register("b", seed=2)
+    FakeProcess.crash_on_start = True
+    with pytest.raises(EngineUnavailableError, match="did not start"):
+        await asyncio.wait_for(gw.runtime.adapters.preload(second), 5)
+    assert FakeProcess.made[-1].stopped and not old.stopped
 
 
 async def test_delete_stops_serving_hands_over_and_removes_the_gguf(tmp_path, converter):
