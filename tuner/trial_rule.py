@@ -30,9 +30,12 @@ When the held-out answers are then predicted nearly exactly (at most
 true ("fixed answers"); a shared form around unpredictable content is not,
 and ``learns`` is false ("format only").
 
-The margins were calibrated on SmolLM2-135M-Instruct (README, "Validate before
-and after"): learnable sets beat their control by 30-70%, random codes come
-within a few percent of theirs (or above them).
+The margins are set by reasoning, not yet by measurement: a control trained on
+the wrong answers for its prompts scores the content tokens of a learnable
+answer (a city, a value, the question's own subject) far worse than the trial,
+which moves a per-token mean by well over 10%; random codes leave the two
+within noise of each other. They are to be checked with real runs on the
+embedded SmolLM2 (``tests/e2e/test_trial.py``; ``tests/data/trial_*.jsonl``).
 """
 
 from __future__ import annotations
