@@ -420,3 +420,21 @@ async def test_a_request_waiting_for_a_start_is_not_evicted(tmp_path, converter)
     starting.become_ready()
     await waiting
     assert gw.upstream.seen[-1].url.port == starting.spec.port
+
+
+async def test_with_vllm_off_the_gguf_answers_to_the_base_id(tmp_path):
+    from gateway.base_models import base_model_specs
+    from gateway.runtime import _EngineSetBuilder
+    from gateway.settings import EMBEDDED_MODEL_ID
+
+    settings = Settings(data_root=tmp_path, vllm_enabled=False)
+    catalog = ModelCatalog()
+    async with httpx.AsyncClient() as http:
+        builder = _EngineSetBuilder(settings, http, catalog, ProcessGuard(tmp_path))
+        for spec in base_model_specs(settings):
+            builder.add_base(spec)
+    entry = catalog.resolve(EMBEDDED_MODEL_ID)
+    assert entry.engine == "llama.cpp" and list(builder.engines) == ["llama.cpp"]
+    assert catalog.resolve(f"{EMBEDDED_MODEL_ID}-gguf") is entry  # the documented id, an alias
+    engine = builder.engines["llama.cpp"]
+    assert engine.gguf_base_of(EMBEDDED_MODEL_ID) is entry  # adapters of the base run on it
