@@ -80,6 +80,19 @@ def test_the_adapter_streams_tool_calls(client, tool_adapter):
     assert_tool_calls(results)
 
 
+def test_the_merged_model_on_llamacpp_answers_with_tool_calls(client, gateway, merged_tool_model):
+    from tuner.chat_templates.base_files import gguf_template
+
+    template, _ = gguf_template(gateway.data_root / "merged" / f"{merged_tool_model}.gguf")
+    assert "<tool_call>" in template  # the merge carries the template it was trained with
+    results = chat_calls(client, merged_tool_model)
+    report("merged q8_0 GGUF on llama.cpp", merged_tool_model, results)
+    assert_tool_calls(results)
+    streamed = streamed_calls(client, merged_tool_model)
+    report("merged q8_0 GGUF on llama.cpp, streamed", merged_tool_model, streamed)
+    assert_tool_calls(streamed)
+
+
 def _response_tools(case: dict) -> list[dict]:
     return [{"type": "function", **tool["function"]} for tool in case["tools"]]
 
@@ -118,16 +131,3 @@ def test_the_responses_api_returns_function_call_items_and_takes_their_output(cl
         temperature=0,
     )
     assert follow_up.status == "completed" and follow_up.output, (call, follow_up)
-
-
-def test_the_merged_model_on_llamacpp_answers_with_tool_calls(client, gateway, merged_tool_model):
-    from tuner.chat_templates.base_files import gguf_template
-
-    template, _ = gguf_template(gateway.data_root / "merged" / f"{merged_tool_model}.gguf")
-    assert "<tool_call>" in template  # the merge carries the template it was trained with
-    results = chat_calls(client, merged_tool_model)
-    report("merged q8_0 GGUF on llama.cpp", merged_tool_model, results)
-    assert_tool_calls(results)
-    streamed = streamed_calls(client, merged_tool_model)
-    report("merged q8_0 GGUF on llama.cpp, streamed", merged_tool_model, streamed)
-    assert_tool_calls(streamed)

@@ -57,7 +57,35 @@ def test_checks_trainer_and_transformers_agree(tokenizer, example):
 def test_without_tools_the_tokens_are_those_of_the_bases_own_template(tokenizer):
     trainer = chat_for_training(SMOLLM2_DIR, tokenizer)
     (row,) = to_training_rows(PLAIN)
-    own = tokenizer.apply_chat_template(
-        PLAIN["messages"], tokenize=True, return_dict=True
-    )["input_ids"]
+    own = tokenizer.apply_chat_template(PLAIN["messages"], tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     assert trainer.tokenize_row(row)["input_ids"] == list(own)
+
+
+def test_vllms_hermes_parser_reads_the_calls_the_adapter_learns(tokenizer):
+    """What the trainer puts in the completion is what vLLM's "hermes" parser turns into
+    structured tool calls, arguments a JSON string."""
+    pytest.importorskip("vllm")
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.tool_parsers import ToolParserManager
+
+    trainer = chat_for_training(SMOLLM2_DIR, tokenizer)
+    example = multi_turn_example()
+    (first, _) = to_training_rows(example)
+    tokens = trainer.tokenize_row(first)
+    completion = tokenizer.decode(
+        [t for t, m in zip(tokens["input_ids"], tokens["completion_mask"], strict=True) if m],
+        skip_special_tokens=True,
+    ).strip()
+    request = ChatCompletionRequest(
+        model="m", messages=example["messages"][:2], tools=example["tools"]
+    )
+    parsed = ToolParserManager.get_tool_parser("hermes")(tokenizer).extract_tool_calls(
+        completion, request
+    )
+    assert parsed.tools_called
+    assert [(c.function.name, c.function.arguments) for c in parsed.tool_calls] == [
+        ("get_weather", '{"city": "Paris", "unit": "celsius"}'),
+        ("get_time", '{"city": "Rome"}'),
+    ]
