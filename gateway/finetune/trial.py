@@ -121,9 +121,9 @@ async def record_checks(
     store.add_event(
         job_id,
         f"Drift from the base on {drift.get('prompts')} general prompts: mean KL "
-        f"{drift.get('kl', 0):.3f} nats/token. Repetition on {repetition.get('prompts')} "
-        f"held-out and multi-step prompts: {repetition.get('mean', 0):.0%} repeated 3-word "
-        f"sequences (base {repetition.get('base_mean', 0):.0%}), "
+        f"{drift.get('kl') or 0:.3f} nats/token. Repetition on {repetition.get('prompts')} "
+        f"held-out and multi-step prompts: {repetition.get('mean') or 0:.0%} repeated 3-word "
+        f"sequences (base {repetition.get('base_mean') or 0:.0%}), "
         f"{repetition.get('looping', 0)} looping answer(s).",
         data={
             "drift": drift,
@@ -143,14 +143,18 @@ async def record_checks(
 
 
 def _held_out_words(held_out: dict[str, Any]) -> str:
-    total = held_out["train_examples"] + held_out["held_out_examples"]
+    total = held_out.get("train_examples", 0) + held_out.get("held_out_examples", 0)
     return (
-        f"Held-out check on a leave-some-out fold ({held_out['held_out_examples']} of "
+        f"Held-out check on a leave-some-out fold ({held_out.get('held_out_examples')} of "
         f"{total} examples, an adapter trained on the rest): held-out loss "
-        f"{held_out['held_out_loss_before']:.4f} before training, "
-        f"{held_out['held_out_loss']:.4f} at best, {held_out['held_out_loss_last']:.4f} at the "
-        "end."
+        f"{_fmt(held_out.get('held_out_loss_before'))} before training, "
+        f"{_fmt(held_out.get('held_out_loss'))} at best, "
+        f"{_fmt(held_out.get('held_out_loss_last'))} at the end."
     )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 async def finish_trial(
