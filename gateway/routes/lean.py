@@ -17,16 +17,18 @@ forwarding go through the app's exception handlers either way.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+import functools
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.forwarding import EngineReply
 from gateway.protocol import OpenAIRequest
-from gateway.routes.replies import to_http_response
+from gateway.routes.replies import SSE_HEADERS
 
 if TYPE_CHECKING:
     from gateway.runtime import GatewayRuntime
@@ -56,14 +58,53 @@ def lean_route(body_model: type[OpenAIRequest]) -> type[APIRoute]:
 async def forward(
     path: str, body: OpenAIRequest, raw: bytes, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    """What the route's FastAPI handler does, without FastAPI: forward, then answer."""
+    """What the route's FastAPI handler does, without FastAPI: forward, then answer. One
+    watcher, for the whole request, cancels the work when the client leaves: while the
+    engine is asked (which frees the request's place at once), and while a stream is
+    relayed (which closes the engine's answer: it stops generating)."""
     runtime: GatewayRuntime = scope["app"].state.runtime
-    reply = await _unless_disconnected(receive, runtime.forwarder.forward(path, body, raw))
-    if reply is None:
-        response: Response = Response(status_code=499)  # nobody reads it; the work stopped
-    else:
-        response = to_http_response(reply)
-    await response(scope, receive, send)
+    task = asyncio.current_task()
+    assert task is not None
+    watch = _ClientWatch(receive, task)
+    reply: EngineReply | None = None
+    try:
+        reply = await runtime.forwarder.forward(path, body, raw)
+        if reply.chunks is None:
+            watch.stop()  # the answer is whole: nothing is left to stop
+            response = Response(reply.body, status_code=reply.status, media_type=reply.media_type)
+            await response(scope, receive, send)
+        else:
+            await _relay(reply, reply.chunks, send)
+    except asyncio.CancelledError:
+        if not watch.left:
+            raise
+        task.uncancel()  # the work saw the cancellation and let go of what it held
+        if reply is None:
+            await Response(status_code=499)(scope, receive, send)  # as FastAPI's handler
+    finally:
+        watch.stop()
+        if reply is not None and reply.abandon is not None:
+            await reply.abandon()  # a stream not read to its end lets go of the engine
+
+
+async def _relay(reply: EngineReply, chunks: AsyncIterator[bytes], send: Send) -> None:
+    """The engine's stream as it comes, with the head Starlette's StreamingResponse would
+    send, without its task group (which costs a stream more than its chunks do)."""
+    await send({"type": "http.response.start", "status": reply.status, "headers": _sse_head(reply)})
+    async for chunk in chunks:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@functools.cache
+def _sse_head_for(status: int, media_type: str) -> list[tuple[bytes, bytes]]:
+    return StreamingResponse(
+        iter(()), status_code=status, media_type=media_type, headers=SSE_HEADERS
+    ).raw_headers
+
+
+def _sse_head(reply: EngineReply) -> list[tuple[bytes, bytes]]:
+    return list(_sse_head_for(reply.status, reply.media_type))
 
 
 def _parsed(
@@ -114,30 +155,22 @@ def _replaying(raw: bytes, receive: Receive) -> Receive:
     return replay
 
 
-T = TypeVar("T")
+class _ClientWatch:
+    """Cancels ``task`` when the client disconnects (``left`` then says so)."""
 
+    def __init__(self, receive: Receive, task: asyncio.Task[None]) -> None:
+        self.left = False
+        self._receive = receive
+        self._task = task
+        self._watcher: asyncio.Task[None] | None = asyncio.create_task(self._watch())
 
-async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T | None:
-    """Run ``work`` in this task; should the client leave first, cancel it and return
-    None (``routes/disconnect.py`` does the same for a ``Request``, with a task more)."""
-    task = asyncio.current_task()
-    assert task is not None
-    left = False
-
-    async def watch() -> None:
-        nonlocal left
-        while (await receive())["type"] != "http.disconnect":
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
             pass
-        left = True
-        task.cancel()
+        self.left = True
+        self._task.cancel()
 
-    watcher = asyncio.create_task(watch())
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if not left:
-            raise
-        task.uncancel()
-        return None  # ``work`` has let go of what it held: it saw the cancellation
-    finally:
-        watcher.cancel()  # not awaited: it ends at the loop's next turn, at no cost here
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()  # not awaited: it ends at the loop's next turn
+            self._watcher = None

@@ -9,7 +9,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.forwarding import EngineReply
 
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class RelayedStream(StreamingResponse):
@@ -22,7 +22,7 @@ class RelayedStream(StreamingResponse):
             reply.chunks,
             status_code=reply.status,
             media_type=reply.media_type,
-            headers=_SSE_HEADERS,
+            headers=SSE_HEADERS,
         )
         self._abandon = abandon
 

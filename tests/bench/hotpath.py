@@ -2,10 +2,11 @@
 the wall time it adds, against a fake upstream that answers at once.
 
 CPU is the gateway process's own (psutil: user + system), less what it spends idle
-over the same time (its timers; measured before each window). The load comes from
-the gateway's lean client (``UpstreamClient``), the cheapest client there is here:
-the load generator shares the two cores with the gateway and the upstream, and
-whatever it spends would be in every figure.
+over the same time (its timers: measured once per process, over a few seconds). psutil
+counts in 10 ms ticks here, so every window holds thousands of requests or chunks. The
+load comes from the gateway's lean client (``UpstreamClient``), the cheapest client
+there is here: the load generator shares the two cores with the gateway and the
+upstream, and whatever it spends would be in every figure.
 
 With ``--before TREE`` (a checkout of an earlier commit: ``git worktree add``), a
 second gateway runs from that tree, and every figure is measured on both, window by
@@ -42,7 +43,7 @@ from tests.support.gateway_process import REPO, link_prepared_checkpoint
 CHAT_PATH = "/v1/chat/completions"
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 _HEADERS = {"content-type": "application/json"}
-SHORT_STREAM, LONG_STREAM = 8, 72  # chunks: per-chunk CPU is the difference, per extra chunk
+SHORT_STREAM, LONG_STREAM = 8, 136  # chunks: per-chunk CPU is the difference, per extra one
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Server:
     name: str
     chat_url: str
     process: psutil.Process
+    idle_cpu_rate: float = 0.0  # CPU seconds per second that it spends doing nothing
 
     def cpu_s(self) -> float:
         times = self.process.cpu_times()
@@ -175,11 +177,11 @@ async def closed_loop(
     return done, time.perf_counter() - started
 
 
-async def idle_cpu_rate(server: Server, seconds: float = 1.0) -> float:
-    """CPU seconds per second that ``server`` spends doing nothing (timers, watchers)."""
+async def measure_idle(server: Server, seconds: float) -> None:
+    """What ``server`` spends doing nothing (timers, watchers), per second."""
     before = server.cpu_s()
     await asyncio.sleep(seconds)
-    return (server.cpu_s() - before) / seconds
+    server.idle_cpu_rate = (server.cpu_s() - before) / seconds
 
 
 async def cpu_per_request(
@@ -187,12 +189,11 @@ async def cpu_per_request(
 ) -> float:
     """Microseconds of the server's CPU per non-streamed request, idle cost taken off."""
     body = _body(1)
-    idle = await idle_cpu_rate(server)
     before = server.cpu_s()
     done, seconds = await closed_loop(
         lambda: _plain(client, server.chat_url, body), concurrency, duration_s
     )
-    used = server.cpu_s() - before - idle * seconds
+    used = server.cpu_s() - before - server.idle_cpu_rate * seconds
     return used / done * 1e6
 
 
@@ -204,7 +205,6 @@ async def cpu_per_chunk(server: Server, concurrency: int, streams: int) -> float
     chunks: dict[int, int] = {}
     for length in (SHORT_STREAM, LONG_STREAM):
         body = _body(length, stream=True)
-        idle = await idle_cpu_rate(server, 0.5)
         before = server.cpu_s()
         started = time.perf_counter()
         counts = []
@@ -212,7 +212,8 @@ async def cpu_per_chunk(server: Server, concurrency: int, streams: int) -> float
             counts += await asyncio.gather(
                 *(_streamed(server.chat_url, body) for _ in range(concurrency))
             )
-        used[length] = server.cpu_s() - before - idle * (time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        used[length] = server.cpu_s() - before - server.idle_cpu_rate * seconds
         chunks[length] = sum(counts)
     extra = chunks[LONG_STREAM] - chunks[SHORT_STREAM]
     return (used[LONG_STREAM] - used[SHORT_STREAM]) / extra * 1e6
@@ -272,6 +273,8 @@ async def hotpath(quick: bool, before: Path | None = None) -> list[Row]:
         try:
             for g in (instant, *gateways):  # warm: connections, first-request paths
                 await closed_loop(lambda g=g: _plain(client, g.chat_url, _body(1)), 4, 0.5)
+            for server in (instant, *gateways):
+                await measure_idle(server, 2.0 if quick else 4.0)
             request_cpu: dict[str, list[float]] = {s.name: [] for s in (instant, *gateways)}
             for _ in range(windows):
                 for server in (instant, *gateways):
@@ -284,7 +287,7 @@ async def hotpath(quick: bool, before: Path | None = None) -> list[Row]:
         for _ in range(windows):
             for server in gateways:
                 chunk_cpu[server.name].append(
-                    await cpu_per_chunk(server, 4, streams=16 if quick else 32)
+                    await cpu_per_chunk(server, 8, streams=48 if quick else 96)
                 )
         latency = await added_latency([instant, *gateways], rounds=300 if quick else 1000)
     rows += _cpu_rows(request_cpu, chunk_cpu, latency, earlier is not None)

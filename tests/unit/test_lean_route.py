@@ -7,8 +7,10 @@ ways must reach the engine as the same bytes and come back as the same answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import httpx
 import pytest
 
 from gateway.routes import lean
@@ -58,7 +60,7 @@ async def test_both_paths_give_the_same_answer_and_send_the_same_bytes(
     assert handled == ["lean"]
     assert lean_answer.status_code == fastapi_answer.status_code
     assert lean_answer.content == fastapi_answer.content
-    for name in ("content-type", "content-length", "cache-control", "retry-after"):
+    for name in ("content-type", "content-length", "cache-control", "x-accel-buffering"):
         assert lean_answer.headers.get(name) == fastapi_answer.headers.get(name)
     sent = [request.content for request in upstream.seen]
     assert sent in ([], [raw, raw])
@@ -94,3 +96,69 @@ async def test_other_methods_are_405_as_before(gateway):
     answer = await gateway.get("/v1/chat/completions")
     assert answer.status_code == 405
     assert answer.json()["error"]["code"] == "method_not_allowed"
+
+
+class EndlessStream(httpx.AsyncByteStream):
+    """An engine's stream that sends one event, then nothing until it is closed."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+
+    async def __aiter__(self):  # type: ignore[override]
+        yield b'data: {"choices":[{"delta":{"content":"Pa"}}]}\n\n'
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+async def test_a_client_that_leaves_mid_stream_stops_the_engine_and_frees_its_place(
+    make_gateway, upstream
+):
+    gateway = make_gateway(engine_max_in_flight=1, engine_max_queue=0)
+    endless = EndlessStream()
+    upstream.answer = lambda request: httpx.Response(
+        200, stream=endless, headers={"content-type": "text/event-stream"}
+    )
+    raw = json.dumps({**CHAT, "stream": True}).encode()
+    first_chunk = asyncio.Event()
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if not sent:
+            return {"type": "http.request", "body": raw, "more_body": False}
+        await first_chunk.wait()
+        return {"type": "http.disconnect"}  # the client leaves after the first event
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and message.get("body"):
+            first_chunk.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"localhost"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(raw)).encode()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    await asyncio.wait_for(gateway.app(scope, receive, send), 5)  # type: ignore[attr-defined]
+    await asyncio.wait_for(endless.closed.wait(), 5)  # the engine was told to stop
+    assert sent[0]["status"] == 200
+    upstream.answer = None
+    again = await gateway.post("/v1/chat/completions", json=CHAT)
+    assert again.status_code == 200  # its place was free: not 429
+    metrics = (await gateway.get("/metrics")).text
+    assert 'tunegate_requests_in_flight{engine="vllm",model="base"} 0.0' in metrics
