@@ -78,7 +78,9 @@ def test_the_fine_tuned_model_answers_on_llamacpp_as_it_is(cpp, fine_tuned, llam
     assert listed[model]["parent"] == BASE and listed[model]["source"]["job_id"] == fine_tuned.id
     assert all(is_json_style(ask(cpp, model, question)) for question in UNSEEN)
     assert is_json_style(ask(cpp, "cpponly", UNSEEN[0]))  # the alias
-    response = cpp.responses.create(model=model, input=UNSEEN[1], max_output_tokens=24)
+    response = cpp.responses.create(
+        model=model, input=UNSEEN[1], max_output_tokens=24, temperature=0
+    )
     assert is_json_style(response.output_text)
     gguf = llamacpp_gateway.data_root / "adapters" / model / "adapter.gguf"
     assert gguf.is_file()  # converted before the job said succeeded
