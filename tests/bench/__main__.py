@@ -21,6 +21,7 @@ from tests.bench.hotpath import hotpath
 from tests.bench.llamacpp_adapters import llamacpp_adapters
 from tests.bench.llamacpp_server import llamacpp_server
 from tests.bench.suites import Row, adapters, gateway_overhead, real_engines, tuner
+from tests.bench.tool_calls import tool_calls
 from tests.bench.training import training
 from tests.bench.trial import trial
 
@@ -83,6 +84,8 @@ async def run(suite: str, quick: bool, before: Path | None = None) -> list[Row]:
         rows += await training(quick)
     if suite in ("trial", "all"):
         rows += await trial(quick)
+    if suite in ("tool-calls", "all"):
+        rows += await tool_calls(quick)
     return rows
 
 
@@ -102,6 +105,7 @@ def main() -> int:
             "fleet",
             "training",
             "trial",
+            "tool-calls",
             "all",
         ),
         default="all",
