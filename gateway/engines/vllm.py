@@ -26,8 +26,8 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from gateway.catalog import ModelEntry
-from gateway.engines.chat_templates import vllm_template_args
 from gateway.engines.base import EngineStatus, Lease, Upstream
+from gateway.engines.chat_templates import vllm_template_args
 from gateway.engines.lora_slots import LoraSlots, same_path
 from gateway.engines.placement import detect_device, replica_placements
 from gateway.engines.process import Backoff, ProcessSpec, SupervisedProcess, free_port
