@@ -343,7 +343,14 @@ class LlamaCppEngine:
     async def _hand_over(self, old: _Server, fresh: _Server) -> _Server:
         """Start ``fresh`` beside ``old``; once it is healthy, route to it and drain ``old``."""
         fresh.process.start()
-        if not await self._started(fresh.process):
+        try:
+            started = await self._started(fresh.process)
+        except BaseException:
+            # The request that asked for it left: ``fresh`` is in neither ``_servers``
+            # nor ``_draining``, so nothing else would ever stop it.
+            await asyncio.shield(fresh.process.stop())
+            raise
+        if not started:
             reason = fresh.process.last_error or fresh.process.state.value
             await fresh.process.stop()
             raise EngineUnavailableError(

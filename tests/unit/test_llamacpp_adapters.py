@@ -377,6 +377,24 @@ async def test_a_conversion_outlives_a_client_that_left(tmp_path, converter):
     assert (gw.settings.adapters_dir / adapter / ADAPTER_GGUF_FILE).is_file()
 
 
+async def test_a_client_leaving_during_a_hand_over_stops_the_new_process(tmp_path, converter):
+    gw = Gateway(tmp_path, vllm=False)
+    await gw.runtime.adapters.preload(await gw.register("a"))
+    old = FakeProcess.made[-1]
+    await gw.register("b", seed=2)
+    FakeProcess.auto_ready = False
+    leaving = asyncio.create_task(gw.chat("b"))
+    await settle()
+    fresh = FakeProcess.made[-1]
+    assert fresh is not old and not fresh.stopped
+    leaving.cancel()  # as the client-disconnect watch cancels the request
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert fresh.stopped and not old.stopped  # no orphan llama-server
+    await gw.chat("a")
+    assert gw.upstream.seen[-1].url.port == old.spec.port
+
+
 # --- the LRU ------------------------------------------------------------------------------
 async def test_the_lru_skips_a_server_with_a_live_stream(tmp_path, converter):
     gw = Gateway(tmp_path, vllm=False, llamacpp_max_running=2)
