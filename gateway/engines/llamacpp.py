@@ -45,7 +45,12 @@ from gateway.engines.base import EngineState, EngineStatus, Lease, Upstream
 from gateway.engines.chat_templates import llamacpp_template_args
 from gateway.engines.llamacpp_lora import ADAPTER_GGUF_FILE, convert_adapter, lora_field
 from gateway.engines.process import Backoff, ProcessSpec, SupervisedProcess, free_port
-from gateway.errors import AdapterLoadError, EngineUnavailableError, TunegateError
+from gateway.errors import (
+    AdapterLoadError,
+    EngineUnavailableError,
+    ModelNotFoundError,
+    TunegateError,
+)
 from gateway.metrics import relabelled_families
 from gateway.process_guard import ProcessGuard
 from gateway.settings import Settings
@@ -212,6 +217,7 @@ class LlamaCppEngine:
     async def acquire(self, entry: ModelEntry, avoid: frozenset[str] = frozenset()) -> Lease:
         model, adapter = self._target(entry)
         if adapter is not None:
+            self._check_registered(model.id, adapter)  # resolved just before its delete
             await self._converted(entry)
         server = await self._ensure_server(model, adapter)
         if not server.serves(adapter):  # deleted meanwhile, or its file is gone
@@ -327,6 +333,8 @@ class LlamaCppEngine:
             if server is not None and server.serves(adapter):
                 self._servers.move_to_end(model_id)
                 return server
+            if adapter is not None:  # deleted while this request waited for the lock
+                self._check_registered(model_id, adapter)
             fresh = self._new_server(model)
             if server is None:
                 # Nothing to hand over from: route to it now, requests wait for it.
@@ -443,7 +451,19 @@ class LlamaCppEngine:
             )
             self._conversions[entry.id] = task
             task.add_done_callback(lambda _: self._conversions.pop(entry.id, None))
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current and current.cancelling()):
+                # Cancelled by the adapter's delete, not by this request leaving: a
+                # CancelledError here would read as a shutdown to whoever awaits us.
+                raise ModelNotFoundError(entry.id) from None
+            raise
+
+    def _check_registered(self, model_id: str, adapter: str) -> None:
+        if adapter not in self._adapters.get(model_id, {}):
+            raise ModelNotFoundError(adapter)
 
     def _forget_conversion(self, adapter: str, model_id: str) -> None:
         entry = self._adapters.get(model_id, {}).get(adapter)

@@ -395,6 +395,33 @@ async def test_a_client_leaving_during_a_hand_over_stops_the_new_process(tmp_pat
     assert gw.upstream.seen[-1].url.port == old.spec.port
 
 
+async def test_a_request_resolved_just_before_a_delete_finds_no_model(tmp_path, converter):
+    gw = Gateway(tmp_path, vllm=False)
+    await gw.register("keep")
+    doomed = await gw.register("doomed", seed=2)
+    await gw.chat("keep")
+    served = FakeProcess.made[-1]
+    entry = gw.runtime.catalog.resolve(doomed)
+    await gw.runtime.adapters.remove(doomed)
+    made = len(FakeProcess.made)
+    with pytest.raises(ModelNotFoundError):
+        await gw.engine.acquire(entry)
+    assert len(FakeProcess.made) == made and not served.stopped  # no restart without it
+
+
+async def test_a_delete_during_the_conversion_answers_model_not_found(tmp_path, converter):
+    gw = Gateway(tmp_path, vllm=False)
+    doomed = await gw.register("doomed")
+    converter.gate.clear()
+    waiting = asyncio.create_task(gw.chat(doomed))
+    await settle()
+    assert converter.calls  # converting
+    await gw.runtime.adapters.remove(doomed)
+    with pytest.raises(ModelNotFoundError):  # not a CancelledError, which reads as a shutdown
+        await waiting
+    assert not waiting.cancelled()
+
+
 # --- the LRU ------------------------------------------------------------------------------
 async def test_the_lru_skips_a_server_with_a_live_stream(tmp_path, converter):
     gw = Gateway(tmp_path, vllm=False, llamacpp_max_running=2)
