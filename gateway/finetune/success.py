@@ -101,13 +101,18 @@ class JobSuccess:
             self._store.add_event(
                 job_id, f"The adapter will load on first use: {error.message}", level="warn"
             )
-        checks = await record_checks(self._store, self._files, job_id, result)  # trial.py
-        if not checks.samples_recorded:  # a small set's samples come from its held-out fold
-            await self._samples.record(job_id, manifest.id, result.get("valid_loss"))
-        results = await self._files.create_from_bytes(
-            metrics_csv(metrics), "step_metrics.csv", "fine-tune-results"
-        )
-        await self._hooks.reach("before_succeeded", job_id=job_id, adapter_id=manifest.id)
+        try:
+            checks = await record_checks(self._store, self._files, job_id, result)  # trial.py
+            if not checks.samples_recorded:  # a small set's samples come from its held-out fold
+                await self._samples.record(job_id, manifest.id, result.get("valid_loss"))
+            results = await self._files.create_from_bytes(
+                metrics_csv(metrics), "step_metrics.csv", "fine-tune-results"
+            )
+            await self._hooks.reach("before_succeeded", job_id=job_id, adapter_id=manifest.id)
+        except Exception:
+            # The stage guard fails the job (a full disk, say): a failed job serves no model.
+            await self.remove_adapter_of(job_id, "the job failed")
+            raise
         if not self._store.finish(
             job_id,
             "succeeded",
@@ -167,7 +172,7 @@ class JobSuccess:
         await self.remove_adapter_of(job_id)
         return True
 
-    async def remove_adapter_of(self, job_id: str) -> None:
+    async def remove_adapter_of(self, job_id: str, why: str = "the job was cancelled") -> None:
         """Remove the job's adapter if it registered one (a cancelled job leaves none)."""
         manifest = self._registered_by(job_id)
         if manifest is None:
@@ -176,9 +181,7 @@ class JobSuccess:
             await self._adapters.remove(manifest.id)
         except AdapterNotFoundError:
             return  # removed meanwhile
-        self._store.add_event(
-            job_id, f"The adapter {manifest.id} was removed: the job was cancelled."
-        )
+        self._store.add_event(job_id, f"The adapter {manifest.id} was removed: {why}.")
 
     def _start_exports(self, job: dict[str, Any], model_id: str) -> None:
         """The export stage: a failure to start one is an error event; the job stays done."""

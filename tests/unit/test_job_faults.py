@@ -23,6 +23,7 @@ from gateway.finetune.database import open_database
 from gateway.finetune.job_states import TERMINAL, TRANSITIONS, IllegalTransitionError
 from gateway.finetune.jobs_store import JobStore
 from gateway.finetune.merges import merged_model_id
+from gateway.finetune.success import final_model_id
 from tests.support.gateway_process import processes_with
 from tests.unit.test_fine_tuning_routes import create, settle, upload
 from tests.unit.test_training_jobs import FINAL, messages, runs_of, wait_status
@@ -290,6 +291,31 @@ async def test_a_cancel_during_success_wins_and_removes_the_adapter(make_gateway
     results = (await gateway.get("/v1/files", params={"purpose": "fine-tune-results"})).json()
     assert results["data"] == []  # the results file made for it is gone too
     assert "The job has successfully completed." not in await messages(gateway, job_id)
+    assert not trainers_of(job_id)
+
+
+async def test_a_full_disk_after_registration_fails_the_job_and_removes_its_adapter(
+    make_gateway, started, monkeypatch
+):
+    gateway = make_gateway()
+    service = service_of(gateway)
+    files = service.success._files
+    create_from_bytes = files.create_from_bytes
+
+    async def results_on_a_full_disk(data: bytes, filename: str, purpose: str) -> Any:
+        if purpose == "fine-tune-results":
+            disk_full()
+        return await create_from_bytes(data, filename, purpose)
+
+    monkeypatch.setattr(files, "create_from_bytes", results_on_a_full_disk)
+    job_id, _ = await job_with_file(gateway)
+    started(gateway)
+    job = await wait_status(gateway, job_id, FINAL)
+    await idle(gateway)
+    assert job["status"] == "failed" and job["error"]["code"] == "disk_full"
+    adapter_id = final_model_id(service.store.get(job_id))  # its checkpoints stay, as ever
+    assert adapter_id not in await model_ids(gateway)
+    assert adapter_id not in {m.id for m in gateway.app.state.runtime.adapters.registry.list()}
     assert not trainers_of(job_id)
 
 
