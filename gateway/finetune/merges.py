@@ -287,6 +287,8 @@ class MergeService:
         write_atomic(path, data)
 
     def _adapter_exists(self, adapter_id: str) -> bool:
+        if adapter_id not in self._catalog:  # a delete drops the catalog row first
+            return False
         try:
             self._adapters.registry.get(adapter_id)
         except AdapterNotFoundError:

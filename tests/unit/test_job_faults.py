@@ -440,6 +440,27 @@ async def test_a_merge_whose_adapter_is_deleted_fails_and_removes_its_gguf(
     assert not work.exists()
 
 
+async def test_a_merge_ending_while_its_adapter_drains_for_a_delete_is_adapter_deleted(
+    make_gateway, started, fake_export
+):
+    gateway = make_gateway()
+    merges = merges_of(gateway)
+
+    async def delete_begins(merge_id: str, adapter_id: str) -> None:
+        # A delete takes the catalog row first; the registry entry stays while it drains.
+        gateway.app.state.runtime.catalog.remove(adapter_id)
+
+    merges.hooks.at("merge_exported", delete_begins)
+    job_id, _ = await job_with_file(gateway, export=["gguf:q4_k_m"])
+    started(gateway)
+    job = await wait_status(gateway, job_id, FINAL)
+    merge = await merge_of_job(gateway, job_id)
+    assert merge["status"] == "failed" and merge["error"]["code"] == "adapter_deleted"
+    model = merged_model_id(job["fine_tuned_model"], "q4_k_m")
+    assert merge_files(gateway, model) == []
+    assert model not in await model_ids(gateway)
+
+
 async def test_a_failed_export_leaves_no_partial_file(make_gateway, started, monkeypatch):
     monkeypatch.setenv("FAKE_EXPORT", "fail")
     gateway = make_gateway()
