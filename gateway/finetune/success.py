@@ -84,6 +84,9 @@ class JobSuccess:
             )
             if self._store.finish(job_id, "succeeded", **changes):
                 self._store.add_event(job_id, "The job has successfully completed.")
+            else:  # cancelled meanwhile: no files for a job that shows none
+                for file_id in changes["result_files"]:
+                    await self._files.delete(file_id)
             return
         try:
             manifest = await self._register(job, result)

@@ -121,9 +121,10 @@ async def record_checks(
     store.add_event(
         job_id,
         f"Drift from the base on {drift.get('prompts')} general prompts: mean KL "
-        f"{drift.get('kl') or 0:.3f} nats/token. Repetition on {repetition.get('prompts')} "
-        f"held-out and multi-step prompts: {repetition.get('mean') or 0:.0%} repeated 3-word "
-        f"sequences (base {repetition.get('base_mean') or 0:.0%}), "
+        f"{_figure(drift.get('kl'), '.3f')} nats/token. Repetition on "
+        f"{repetition.get('prompts')} held-out and multi-step prompts: "
+        f"{_figure(repetition.get('mean'), '.0%')} repeated 3-word "
+        f"sequences (base {_figure(repetition.get('base_mean'), '.0%')}), "
         f"{repetition.get('looping', 0)} looping answer(s).",
         data={
             "drift": drift,
@@ -181,3 +182,8 @@ async def finish_trial(
         "result_files": [steps["id"], *recorded.files],
         "trial_report": report,
     }
+
+
+def _figure(value: float | None, spec: str) -> str:
+    """A check the trainer did not measure reads as such, not as a perfect 0."""
+    return "n/a" if value is None else format(value, spec)

@@ -7,6 +7,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from gateway.finetune.database import open_database
+from gateway.finetune.jobs_store import JobStore
+from gateway.finetune.success import JobSuccess
+from gateway.finetune.trial import record_checks
 from tests.support.adapter_factory import write_adapter
 from tests.unit.test_fine_tuning_routes import create, settle, upload
 from tests.unit.test_routing import assert_openai_error
@@ -111,3 +115,45 @@ async def test_the_small_set_fold_can_be_turned_off(make_gateway, checks_trainer
     said = await messages(gateway, job["id"])
     assert not any("leave-some-out" in m for m in said)
     assert any(m.startswith("Drift from the base") for m in said)
+
+
+class RecordingFiles:
+    """Stands in for the file store: ids of what was made and deleted."""
+
+    def __init__(self, on_create: Callable[[], None] = lambda: None) -> None:
+        self.made: list[str] = []
+        self.deleted: list[str] = []
+        self._on_create = on_create
+
+    async def create_from_bytes(self, data: bytes, filename: str, purpose: str) -> dict:
+        self.made.append(f"file-{len(self.made)}")
+        self._on_create()
+        return {"id": self.made[-1]}
+
+    async def delete(self, file_id: str) -> None:
+        self.deleted.append(file_id)
+
+
+def running_job(tmp_path, **fields) -> JobStore:
+    store = JobStore(open_database(tmp_path / "jobs.sqlite"))
+    store.insert({"id": "ftjob-1", "status": "running", **fields})
+    return store
+
+
+async def test_a_trial_cancelled_as_it_finishes_keeps_no_results_files(tmp_path):
+    store = running_job(tmp_path, trial={"examples": 8, "model": None})
+    files = RecordingFiles(on_create=lambda: store.finish("ftjob-1", "cancelled"))
+    success = JobSuccess(None, store, files, None, None, None, None)  # type: ignore[arg-type]
+    result = {"trial_report": {"learns": True}, "checks": {"drift": {"kl": 0.1}}}
+    await success.succeed("ftjob-1", result, [])
+    assert store.get("ftjob-1")["status"] == "cancelled"
+    assert files.made and sorted(files.deleted) == sorted(files.made)
+
+
+async def test_a_check_the_trainer_did_not_measure_reads_n_a(tmp_path):
+    store = running_job(tmp_path)
+    checks = {"drift": {"prompts": 4}, "repetition": {"prompts": 4, "base_mean": 0.1}}
+    await record_checks(store, RecordingFiles(), "ftjob-1", {"checks": checks})  # type: ignore[arg-type]
+    [(_, event)] = store.events_since("ftjob-1", 0)
+    assert "mean KL n/a nats/token" in event["message"]
+    assert "prompts: n/a repeated" in event["message"] and "(base 10%)" in event["message"]
