@@ -49,7 +49,7 @@ CHECK_TOOLCHAIN = command -v cmake >/dev/null && command -v "$${CXX:-c++}" >/dev
 	command -v "$${CC:-cc}" >/dev/null || { echo ">> set-up needs a C/C++ compiler and cmake" \
 	"to build llama.cpp, and one is missing (Debian/Ubuntu: apt-get install g++ cmake)"; exit 1; }
 
-.PHONY: setup toolchain browser serve test test-unit test-e2e bench lint clean
+.PHONY: setup toolchain browser serve test test-unit test-e2e test-pending bench lint clean
 
 setup: $(INSTALLED) $(MODEL) $(CONVERTER) $(LLAMA_SERVER)
 
@@ -159,6 +159,11 @@ test-unit: setup
 
 test-e2e: setup browser
 	$(PY) -m pytest tests -m e2e
+
+# e2e modules written against the real engines that have not yet run green (marked
+# `pending`): run them alone, then drop the mark from each module that passes.
+test-pending: setup browser
+	TUNEGATE_E2E_PENDING=1 $(PY) -m pytest tests -m pending --durations=30
 
 bench: setup
 	$(PY) -m tests.bench --markdown docs/benchmarks.md

@@ -82,6 +82,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytes
     return report
 
 
+# e2e modules marked `pending` are written against real engines but have not yet run
+# green end to end; `make test-pending` runs them (with this variable set), and a module
+# loses the mark once it has passed there.
+PENDING_VARIABLE = "TUNEGATE_E2E_PENDING"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"pending: e2e not yet run green; runs only with {PENDING_VARIABLE}=1"
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that restart an engine run last: a restart costs a vLLM start-up."""
     items.sort(key=lambda item: item.get_closest_marker("restarts_engine") is not None)
+    if os.environ.get(PENDING_VARIABLE) != "1":
+        pending = pytest.mark.skip(
+            reason=f"pending: not yet run green on real engines ({PENDING_VARIABLE}=1 runs it)"
+        )
+        for item in items:
+            if item.get_closest_marker("pending") is not None:
+                item.add_marker(pending)
