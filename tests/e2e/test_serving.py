@@ -255,8 +255,9 @@ def test_models_show_each_replica_of_a_base(client):
 def test_an_idle_connection_outlives_the_clients_own_keep_alive(gateway):
     """httpx (under the openai SDK) reuses a connection idle for up to 5 s: the gateway
     must keep it open longer, or the next request meets a socket being closed."""
-    request = b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n"
     host, port = gateway.url.removeprefix("http://").split(":")
+    # The gateway's own name: any other Host is refused (DNS rebinding).
+    request = f"GET /health HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
     with socket.create_connection((host, int(port)), timeout=30) as connection:
         replies = connection.makefile("rb")
         for wait_s in (0, 6):
