@@ -30,6 +30,19 @@ from pathlib import Path
 from tuner.chat_templates import chat_for_training
 
 CONVERTER_DIR = Path(sys.prefix) / "share" / "tunegate" / "llama.cpp"
+
+
+def staging_path(out_file: Path) -> Path:
+    """Where a GGUF is written before it is published under ``out_file``."""
+    return out_file.with_name(f".{out_file.name}.partial")
+
+
+def publish(staging: Path, out_file: Path) -> Path:
+    """Flushes ``staging`` to disk, then renames it into place: readers never see half a file."""
+    with staging.open("rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(staging, out_file)
+    return out_file
 # Quantisation -> (converter --outtype, llama.cpp ftype to quantise to afterwards, or None).
 QUANTIZATIONS: dict[str, tuple[str, str | None]] = {
     "f16": ("f16", None),
@@ -125,12 +138,9 @@ def export(
         log(f"quantising to {quantization}")
         converted = quantize(converted, work_dir / f"model-{quantization}.gguf", ftype)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_file.with_name(f".{out_file.name}.partial")
+    staging = staging_path(out_file)
     shutil.copyfile(converted, staging)
-    with staging.open("rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(staging, out_file)
-    return out_file
+    return publish(staging, out_file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export(args.base, args.adapter, args.out, args.quantization, work)
     except (ExportError, OSError) as exc:
-        staging = args.out.with_name(f".{args.out.name}.partial")
-        staging.unlink(missing_ok=True)
+        staging_path(args.out).unlink(missing_ok=True)
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
     finally:

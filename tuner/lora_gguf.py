@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tuner.export import CONVERTER_DIR
+from tuner.export import CONVERTER_DIR, publish, staging_path
 
 # f16 keeps the adapter as trained (it is a few MB), whatever the base's quantisation.
 OUTTYPE = "f16"
@@ -57,10 +57,6 @@ def converter_command(
     return argv, env
 
 
-def staging_path(out_file: Path) -> Path:
-    return out_file.with_name(f".{out_file.name}.partial")
-
-
 def convert_lora(
     adapter_dir: Path, base_dir: Path, out_file: Path, converter_dir: Path = CONVERTER_DIR
 ) -> Path:
@@ -73,10 +69,7 @@ def convert_lora(
         staging.unlink(missing_ok=True)
         sys.stderr.write(result.stdout[-4000:])
         raise LoraConversionError(f"the LoRA converter failed (exit status {result.returncode})")
-    with staging.open("rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(staging, out_file)
-    return out_file
+    return publish(staging, out_file)
 
 
 def main(argv: list[str] | None = None) -> int:
