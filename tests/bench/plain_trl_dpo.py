@@ -24,6 +24,7 @@ def main() -> None:
     from trl import DPOConfig, DPOTrainer
 
     from tuner.dpo import to_preference_rows
+    from tuner.job import precision_arguments
 
     torch.manual_seed(0)
     lines = Path(data).read_text().splitlines()
@@ -54,6 +55,7 @@ def main() -> None:
             data_seed=0,
             use_cpu=not torch.cuda.is_available(),
             disable_tqdm=True,
+            **precision_arguments(torch),  # as the tuner runs: fp32 where bf16 is emulated
             beta=float(beta),
             loss_type=["sigmoid", "sft"],
             loss_weights=[1.0, 1.0],

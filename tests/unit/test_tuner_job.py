@@ -194,3 +194,35 @@ def test_dpo_continues_an_adapter_and_uses_it_as_the_reference(tiny_base, tmp_pa
     assert trained.keys() == start.keys()
     for name, tensor in trained.items():
         assert (tensor - start[name]).abs().max() < 1e-5, name
+
+
+@pytest.mark.parametrize(
+    ("cuda", "bf16_supported", "expected"),
+    [
+        (False, False, {"bf16": False, "fp16": False, "gradient_checkpointing": False}),
+        (True, False, {"bf16": False, "fp16": False, "gradient_checkpointing": False}),
+        (True, True, {"bf16": True, "fp16": False, "gradient_checkpointing": True}),
+    ],
+)
+def test_mixed_precision_only_where_the_device_runs_bf16_natively(cuda, bf16_supported, expected):
+    from tuner.job import precision_arguments
+
+    torch = SimpleNamespace(
+        cuda=SimpleNamespace(is_available=lambda: cuda, is_bf16_supported=lambda: bf16_supported)
+    )
+    assert precision_arguments(torch) == expected
+
+
+def test_a_cpu_run_trains_in_fp32_without_recomputing_activations(tmp_path):
+    """TRL's own defaults (bf16 autocast, checkpointing) made a CPU step some 10x slower."""
+    from trl import SFTConfig
+
+    from tuner.job import shared_arguments
+
+    spec = SimpleNamespace(
+        checkpoints_dir=tmp_path, batch_size=4, n_epochs=1, learning_rate=1e-3, seed=0,
+        run_dir=tmp_path,
+    )
+    config = SFTConfig(**shared_arguments(spec, False, 8, 1))
+    assert config.bf16 is False and config.fp16 is False
+    assert config.gradient_checkpointing is False
