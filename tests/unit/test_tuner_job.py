@@ -220,7 +220,11 @@ def test_a_cpu_run_trains_in_fp32_without_recomputing_activations(tmp_path):
     from tuner.job import shared_arguments
 
     spec = SimpleNamespace(
-        checkpoints_dir=tmp_path, batch_size=4, n_epochs=1, learning_rate=1e-3, seed=0,
+        checkpoints_dir=tmp_path,
+        batch_size=4,
+        n_epochs=1,
+        learning_rate=1e-3,
+        seed=0,
         run_dir=tmp_path,
     )
     config = SFTConfig(**shared_arguments(spec, False, 8, 1))
