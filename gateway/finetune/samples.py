@@ -7,6 +7,7 @@ shown as ``None``; it never fails the job.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,15 @@ class SampleRecorder:
         sample = job_method(job["method"]["type"]).sample
         # "base" is what the job started from: the base model, or the adapter it continued.
         base = job["model"]
-        for number, example in enumerate(examples[:SAMPLE_COUNT], start=1):
-            prompt, expected = sample(example)
-            answers = {}
-            for label, model in (("base", base), ("fine_tuned", model_id)):
-                answers[label] = await self.complete(model, prompt)
+        cases = [sample(example) for example in examples[:SAMPLE_COUNT]]
+        # All at once: the engine batches them (one after another took ~30 s on 2 CPU cores).
+        replies = iter(
+            await asyncio.gather(
+                *(self.complete(model, prompt) for prompt, _ in cases for model in (base, model_id))
+            )
+        )
+        for number, (prompt, expected) in enumerate(cases, start=1):
+            answers = {"base": next(replies), "fine_tuned": next(replies)}
             self._store.add_event(
                 job_id,
                 f"{'Held-out' if held_out else 'Training'} sample {number}: "
