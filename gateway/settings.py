@@ -422,6 +422,11 @@ class Settings(BaseSettings):
         return self.data_root / "models"
 
     @property
+    def checks_cache_dir(self) -> Path:
+        """What the checks after training keep between jobs (tuner.base_answers)."""
+        return self.data_root / "cache" / "checks"
+
+    @property
     def runs_dir(self) -> Path:
         return self.data_root / "runs"
 

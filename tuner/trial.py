@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuner.trial_checks import run_checks
+from tuner.trial_checks import base_for_checks, run_checks
 from tuner.trial_fit import Fit, load_examples, prepare, train
 from tuner.trial_rule import judge
 
@@ -135,6 +135,7 @@ def run_trial(spec: Any, events: Any, method: Any) -> None:
         spec.method,
         held_out,
         lambda message: events.emit("warning", message=message),
+        base_for_checks(spec),
     )
     trial.trainer = None  # free the first adapter before the control trains
 

@@ -18,8 +18,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from tuner.base_answers import base_answers
 from tuner.dataset import content_text
 from tuner.drift import general_prompts, measure_drift
 from tuner.preference_dataset import preferred_text, prompt_of
@@ -28,6 +31,15 @@ from tuner.trial_generation import Messages, greedy_answers
 
 SAMPLE_COUNT = 3
 ANSWER_TOKENS = 64  # long enough for a loop to show, short enough for a CPU
+GENERAL_SHOWN = (0, 1)  # the general prompts whose answers the checks show side by side
+
+
+@dataclass(frozen=True)
+class BaseAnswers:
+    """Where the base is, and where its answers to the general prompts are kept (if any)."""
+
+    dir: Path
+    cache_dir: Path | None = None
 
 
 def _chat_prompt(example: dict[str, Any]) -> tuple[Messages, str]:
@@ -53,22 +65,34 @@ def run_checks(
     method: str,
     held_out: list[dict[str, Any]],
     emit_warning: Callable[[str], None],
+    base: BaseAnswers,
 ) -> dict[str, Any]:
     """Samples on ``held_out`` examples, drift and repetition; the dict for the result event."""
     started = time.monotonic()
     general = general_prompts()
     pairs = [PROMPT_AND_ANSWER[method](e) for e in held_out[:SAMPLE_COUNT]]
-    prompts = [g.messages for g in general] + [p for p, _ in pairs]
-    base = greedy_answers(model, tokenizer, prompts, ANSWER_TOKENS, adapter=False)
-    tuned = greedy_answers(model, tokenizer, prompts, ANSWER_TOKENS, adapter=True)
-    drift = measure_drift(model, tokenizer, prompts[: len(general)], base[: len(general)])
-    watched = [i for i, g in enumerate(general) if g.multi_step]
-    watched += range(len(general), len(prompts))
-    repetition = compare([tuned[i] for i in watched], [base[i] for i in watched])
+    held_prompts = [p for p, _ in pairs]
+    general_base = base_answers(
+        model, tokenizer, [g.messages for g in general], ANSWER_TOKENS, base.dir, base.cache_dir
+    )
+    held_base = greedy_answers(model, tokenizer, held_prompts, ANSWER_TOKENS, adapter=False)
+    # The adapter answers only what is read: the general prompts shown side by side,
+    # the multi-step ones (repetition) and the held-out ones.
+    multi_step = [i for i, g in enumerate(general) if g.multi_step]
+    asked = sorted({*GENERAL_SHOWN, *multi_step} & set(range(len(general))))
+    tuned_answers = greedy_answers(
+        model, tokenizer, [general[i].messages for i in asked] + held_prompts, ANSWER_TOKENS
+    )
+    general_tuned = dict(zip(asked, tuned_answers, strict=False))
+    held_tuned = tuned_answers[len(asked) :]
+    drift = measure_drift(model, tokenizer, [g.messages for g in general], general_base)
+    repetition = compare(
+        [general_tuned[i] for i in multi_step] + held_tuned,
+        [general_base[i] for i in multi_step] + held_base,
+    )
     for warning in (drift.warning(), repetition.warning()):
         if warning:
             emit_warning(warning)
-    offset = len(general)
     return {
         "drift": drift.as_dict(),
         "repetition": repetition.as_dict(),
@@ -76,19 +100,30 @@ def run_checks(
             {
                 "prompt": prompt,
                 "expected": expected,
-                "base_answer": base[offset + i],
-                "fine_tuned_answer": tuned[offset + i],
+                "base_answer": held_base[i],
+                "fine_tuned_answer": held_tuned[i],
             }
             for i, (prompt, expected) in enumerate(pairs)
         ],
         # Two general prompts side by side: what the drift figure means, in words.
         "general_samples": [
-            {"prompt": prompts[i], "base_answer": base[i], "fine_tuned_answer": tuned[i]}
-            for i in (0, 1)
+            {
+                "prompt": general[i].messages,
+                "base_answer": general_base[i],
+                "fine_tuned_answer": general_tuned[i],
+            }
+            for i in GENERAL_SHOWN
             if i < len(general)
         ],
         "seconds": round(time.monotonic() - started, 2),
     }
+
+
+def base_for_checks(spec: Any) -> BaseAnswers:
+    """The run's base, and the cache folder the gateway named for its answers (if any)."""
+    options = json.loads((spec.run_dir / "job.json").read_text()).get("checks") or {}
+    cache_dir = options.get("cache_dir")
+    return BaseAnswers(Path(spec.base_dir), Path(cache_dir) if cache_dir else None)
 
 
 def after_job(
@@ -128,7 +163,9 @@ def _after_job(
     valid = load_examples(spec.valid_file)
     small = not valid and bool(options.get("small_set_fold")) and len(train) >= 4
     held_out = valid or (pick_fold(train, spec.seed)[1] if small else train)
-    checks = run_checks(model, tokenizer, spec.method, held_out, emit_warning)
+    checks = run_checks(
+        model, tokenizer, spec.method, held_out, emit_warning, base_for_checks(spec)
+    )
     checks["samples_held_out"] = bool(valid)
     if small:
         checks["held_out"] = run_fold(spec, method, tokenizer, train, emit_warning)

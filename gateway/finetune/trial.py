@@ -47,7 +47,9 @@ def trial_fields(
     """The fields a new job gets: what its trainer is told to check (``_trainer_extras``,
     written into ``job.json``) and, when the request asks for a trial, ``trial``."""
     small_set_fold = settings.finetune_small_set_holdout
-    extras: dict[str, Any] = {"checks": {"small_set_fold": small_set_fold}}
+    # The base's answers to the general prompts are the same for every job: kept there.
+    checks = {"small_set_fold": small_set_fold, "cache_dir": str(settings.checks_cache_dir)}
+    extras: dict[str, Any] = {"checks": checks}
     raw = (extra or {}).get("trial")
     if raw is None or raw is False:
         return {"_trainer_extras": extras}
