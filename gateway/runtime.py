@@ -276,7 +276,11 @@ async def build_runtime(settings: Settings) -> GatewayRuntime:
     )
     runtime.upstream = upstream
     runtime.gguf_bases = GgufOnlyBases(
-        settings, guard, catalog, builder.engines.get("llama.cpp"), base_dirs  # type: ignore[arg-type]
+        settings,
+        guard,
+        catalog,
+        builder.engines.get("llama.cpp"),
+        base_dirs,  # type: ignore[arg-type]
     )
     runtime.gguf_bases.start(specs)
     runtime.loop_watch.start()

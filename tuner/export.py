@@ -43,6 +43,8 @@ def publish(staging: Path, out_file: Path) -> Path:
         os.fsync(handle.fileno())
     os.replace(staging, out_file)
     return out_file
+
+
 # Quantisation -> (converter --outtype, llama.cpp ftype to quantise to afterwards, or None).
 QUANTIZATIONS: dict[str, tuple[str, str | None]] = {
     "f16": ("f16", None),
