@@ -83,7 +83,7 @@ def run_checks(
     tuned_answers = greedy_answers(
         model, tokenizer, [general[i].messages for i in asked] + held_prompts, ANSWER_TOKENS
     )
-    general_tuned = dict(zip(asked, tuned_answers, strict=False))
+    general_tuned = dict(zip(asked, tuned_answers[: len(asked)], strict=True))
     held_tuned = tuned_answers[len(asked) :]
     drift = measure_drift(model, tokenizer, [g.messages for g in general], general_base)
     repetition = compare(
