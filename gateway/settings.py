@@ -165,6 +165,13 @@ class Settings(BaseSettings):
         description="Checkpoints per job kept as servable models (ft:…:ckpt-step-N); the "
         "newest are kept.",
     )
+    finetune_after_job_checks: bool = Field(
+        True,
+        description="After every job, the trainer measures drift and repetition on built-in "
+        "general prompts and answers a few held-out prompts (tens of seconds for the "
+        "embedded model on a CPU; more for a large base on a CPU). Off skips them (and the "
+        "small-set fold); trials always run them.",
+    )
     finetune_small_set_holdout: bool = Field(
         True,
         description="On sets too small for the automatic validation split (under 50 examples), "

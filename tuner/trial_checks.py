@@ -121,8 +121,7 @@ def run_checks(
 
 def base_for_checks(spec: Any) -> BaseAnswers:
     """The run's base, and the cache folder the gateway named for its answers (if any)."""
-    options = json.loads((spec.run_dir / "job.json").read_text()).get("checks") or {}
-    cache_dir = options.get("cache_dir")
+    cache_dir = json.loads((spec.run_dir / "job.json").read_text()).get("checks_cache_dir")
     return BaseAnswers(Path(spec.base_dir), Path(cache_dir) if cache_dir else None)
 
 

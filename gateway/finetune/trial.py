@@ -47,9 +47,10 @@ def trial_fields(
     """The fields a new job gets: what its trainer is told to check (``_trainer_extras``,
     written into ``job.json``) and, when the request asks for a trial, ``trial``."""
     small_set_fold = settings.finetune_small_set_holdout
-    # The base's answers to the general prompts are the same for every job: kept there.
-    checks = {"small_set_fold": small_set_fold, "cache_dir": str(settings.checks_cache_dir)}
-    extras: dict[str, Any] = {"checks": checks}
+    # The base's answers to the general prompts are the same for every job and trial: kept there.
+    extras: dict[str, Any] = {"checks_cache_dir": str(settings.checks_cache_dir)}
+    if settings.finetune_after_job_checks:
+        extras["checks"] = {"small_set_fold": small_set_fold}
     raw = (extra or {}).get("trial")
     if raw is None or raw is False:
         return {"_trainer_extras": extras}

@@ -38,10 +38,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, import_dir: Path) -> Itera
         data_root,
         "--restart-backoff-initial-s",
         "0.5",
-        # The leave-some-out fold after small jobs costs about 3/4 of each training again;
-        # no test here asserts on it (the unit tests with a tiny model do), so the shared
-        # gateway's many small trainings skip it.
-        "--no-finetune-small-set-holdout",
+        # The checks after each job (drift, repetition; tens of seconds each) and the
+        # leave-some-out fold of small sets (about 3/4 of a training again) are asserted
+        # on the llama.cpp-only gateway's job (test_llamacpp_only) and in every trial; the
+        # shared gateway's many small trainings skip them.
+        "--no-finetune-after-job-checks",
         "--adapter-import-dirs",
         json.dumps([str(import_dir)]),
         api_key=API_KEY,

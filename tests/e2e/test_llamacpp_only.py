@@ -118,3 +118,21 @@ def test_a_checkpoint_model_answers_on_llamacpp(cpp, fine_tuned):
     described = cpp.models.retrieve(model).model_extra
     assert described["engine"] == "llama.cpp"
     assert json.dumps(described["source"]).count(fine_tuned.id) == 1
+
+
+def test_the_job_reports_drift_repetition_and_a_held_out_fold(cpp, fine_tuned):
+    """This gateway runs with the default settings: the checks after every job, and for a
+    set under the automatic split's size (12 examples, no validation file) a leave-some-out
+    fold whose adapter answers the held-out samples."""
+    events = cpp.fine_tuning.jobs.list_events(fine_tuned.id, limit=100).data
+    measured = [e for e in events if e.data and "drift" in e.data]
+    assert measured, [e.message for e in events]
+    drift, repetition = measured[0].data["drift"], measured[0].data["repetition"]
+    assert drift["prompts"] >= 8 and drift["kl"] >= 0
+    assert repetition["prompts"] >= 4 and 0 <= repetition["mean"] <= 1
+    checks = json.loads(cpp.files.content(fine_tuned.result_files[-1]).text)["checks"]
+    assert checks["drift"] == drift and checks["repetition"] == repetition
+    fold = [e.data["held_out_check"] for e in events if e.data and "held_out_check" in e.data]
+    assert fold and fold[0]["held_out_examples"] >= 2 and fold[0]["curve"]
+    samples = [e.data for e in events if e.data and "fine_tuned_answer" in e.data]
+    assert samples and all(s["held_out"] and s["from_fold"] for s in samples)

@@ -3,8 +3,6 @@ whether data teaches something, and every job reports drift and repetition."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from tests.e2e.conftest import BASE
@@ -49,36 +47,6 @@ def test_a_trial_on_random_codes_says_it_does_not_learn(trials):
     report = job.trial_report
     assert report["learns"] is False, report
     assert report["verdict"] in ("format_only", "nothing")
-
-
-def test_a_full_job_reports_drift_and_repetition(client):
-    """The checks of a finished job (the fine-tuning tests leave one; else train a short one)."""
-    done = [
-        j
-        for j in client.fine_tuning.jobs.list(limit=100).data
-        if j.status == "succeeded" and j.fine_tuned_model and j.method.type == "supervised"
-    ]
-    if done:
-        job = done[0]
-    else:
-        job = client.fine_tuning.jobs.create(
-            model=BASE,
-            training_file=upload(client, DATA / "json_answers.jsonl"),
-            validation_file=upload(client, DATA / "json_answers_valid.jsonl"),
-            hyperparameters={"n_epochs": 2},
-        )
-        job = wait_for(client, job.id, FINAL)
-        assert job.status == "succeeded", job.error
-    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
-    measured = [e for e in events if e.data and "drift" in e.data]
-    assert measured, [e.message for e in events]
-    drift, repetition = measured[0].data["drift"], measured[0].data["repetition"]
-    assert drift["prompts"] >= 8 and drift["kl"] >= 0
-    assert repetition["prompts"] >= 4 and 0 <= repetition["mean"] <= 1
-    checks = json.loads(client.files.content(job.result_files[-1]).text)["checks"]
-    assert checks["drift"] == drift and checks["repetition"] == repetition
-    samples = [e for e in events if e.data and "fine_tuned_answer" in e.data]
-    assert samples and all(s.data["held_out"] for s in samples)
 
 
 def test_ui_shows_the_trial_verdict_and_a_trial_button(gateway, trials, tmp_path):

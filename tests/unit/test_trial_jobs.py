@@ -93,10 +93,10 @@ async def test_every_job_reports_drift_repetition_and_small_set_held_out(
     await settle(gateway, job["id"], ("queued", "running", "succeeded"))
     job = await wait_status(gateway, job["id"], ("succeeded", "failed"))
     assert job["status"] == "succeeded", job["error"]
-    checks_options = job_spec(gateway, job["id"])["checks"]
-    assert checks_options["small_set_fold"] is True
+    spec = job_spec(gateway, job["id"])
+    assert spec["checks"] == {"small_set_fold": True}
     settings = gateway.app.state.runtime.settings
-    assert checks_options["cache_dir"] == str(settings.data_root / "cache" / "checks")
+    assert spec["checks_cache_dir"] == str(settings.data_root / "cache" / "checks")
     events = (await gateway.get(f"/v1/fine_tunes/{job['id']}/events")).json()["data"]
     drift = [e for e in events if e["data"] and "drift" in e["data"]]
     assert drift and drift[0]["data"]["drift"]["kl"] == 0.21
@@ -114,10 +114,22 @@ async def test_the_small_set_fold_can_be_turned_off(make_gateway, checks_trainer
     checks_trainer(gateway)
     job = await create(gateway, training_file=(await upload(gateway))["id"])
     job = await wait_status(gateway, job["id"], ("succeeded", "failed"))
-    assert job_spec(gateway, job["id"])["checks"]["small_set_fold"] is False
+    assert job_spec(gateway, job["id"])["checks"] == {"small_set_fold": False}
     said = await messages(gateway, job["id"])
     assert not any("leave-some-out" in m for m in said)
     assert any(m.startswith("Drift from the base") for m in said)
+
+
+async def test_the_checks_after_a_job_can_be_turned_off(make_gateway, checks_trainer):
+    gateway = make_gateway(finetune_after_job_checks=False)
+    checks_trainer(gateway)
+    job = await create(gateway, training_file=(await upload(gateway))["id"])
+    job = await wait_status(gateway, job["id"], ("succeeded", "failed"))
+    assert job["status"] == "succeeded", job["error"]
+    assert "checks" not in job_spec(gateway, job["id"])
+    said = await messages(gateway, job["id"])
+    assert not any(m.startswith("Drift from the base") or "leave-some-out" in m for m in said)
+    assert len(job["result_files"]) == 1  # the step metrics only: no validation_checks.json
 
 
 class RecordingFiles:
