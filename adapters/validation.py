@@ -82,10 +82,10 @@ def read_lora_config(config_path: Path) -> dict[str, Any]:
 
 
 def summarise_lora(config: dict[str, Any], max_rank: int) -> LoraSummary:
-    if config.get("peft_type") != "LORA":
-        raise InvalidAdapterError(
-            f"Only LoRA adapters are served; this is {config.get('peft_type')!r}."
-        )
+    kind = config.get("peft_type")
+    if kind != "LORA":
+        what = f"this is {kind!r}" if kind else f"{CONFIG_FILE} names no peft_type"
+        raise InvalidAdapterError(f"Only LoRA adapters are served; {what}.")
     rank = config.get("r")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         raise InvalidAdapterError("adapter_config.json needs a positive integer rank 'r'.")

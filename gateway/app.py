@@ -28,8 +28,11 @@ from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Routes that take files: they get max_upload_bytes instead of max_request_bytes.
+# Routes that take files: they get max_upload_bytes instead of max_request_bytes, plus
+# room for the form around the file (boundaries, part headers, small fields), so that a
+# file of exactly max_upload_bytes goes through; the file store checks the file itself.
 UPLOAD_PATHS = ("/v1/adapters", "/v1/files", "/v1/fine_tunes")
+MULTIPART_ALLOWANCE_BYTES = 1 << 20
 # The bodies the routes that do not take JSON read (every other route with a body: JSON only).
 BODY_TYPES = {
     "/v1/adapters": (JSON, MULTIPART),
@@ -78,7 +81,9 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_request_bytes,
-        upload_limits={path: settings.max_upload_bytes for path in UPLOAD_PATHS},
+        upload_limits={
+            path: settings.max_upload_bytes + MULTIPART_ALLOWANCE_BYTES for path in UPLOAD_PATHS
+        },
     )
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())

@@ -76,6 +76,20 @@ async def test_file_upload_errors(make_gateway):
     assert_openai_error(await small.post("/v1/files", json={"purpose": "fine-tune"}), 400)
 
 
+async def test_a_file_of_exactly_the_upload_limit_goes_through(make_gateway):
+    """The limit is the file's: the multipart form around it does not count against it."""
+    limit = 64 * 1024
+    gateway = make_gateway(max_upload_bytes=limit)
+    at_limit = await gateway.post(
+        "/v1/files", files={"file": ("d.bin", b"x" * limit)}, data={"purpose": "user_data"}
+    )
+    assert at_limit.status_code == 200 and at_limit.json()["bytes"] == limit, at_limit.text
+    over = await gateway.post(
+        "/v1/files", files={"file": ("d.bin", b"x" * (limit + 1))}, data={"purpose": "user_data"}
+    )
+    assert_openai_error(over, 413)
+
+
 async def test_a_job_is_validated_then_queued_with_resolved_hyperparameters(gateway):
     file_id = (await upload(gateway))["id"]
     job = await create(gateway, training_file=file_id, suffix="My Bot", metadata={"team": "a"})
