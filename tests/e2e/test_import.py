@@ -21,7 +21,7 @@ from tests.e2e.conftest import API_KEY, BASE
 from tests.support.gateway_process import GatewayProcess, start_gateway
 from tests.support.training import DATA
 
-pytestmark = [pytest.mark.e2e, pytest.mark.pending]
+pytestmark = pytest.mark.e2e
 
 OPENAI_NAME = "gpt-4o-mini-2024-07-18"
 SOURCE_KEY = "source-key"

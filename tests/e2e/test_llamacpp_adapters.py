@@ -18,7 +18,7 @@ from tests.e2e.conftest import BASE, BASE_GGUF
 from tests.e2e.test_adapters import UNSEEN, ask, is_ahoy_style, is_json_style
 from tests.support.training import BASE_DIR, DATA
 
-pytestmark = [pytest.mark.e2e, pytest.mark.pending]
+pytestmark = pytest.mark.e2e
 
 TRAINED = [
     json.loads(line)["messages"]
