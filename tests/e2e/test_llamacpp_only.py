@@ -21,7 +21,7 @@ from tests.e2e.test_fine_tuning import upload, wait_for
 from tests.support.gateway_process import GatewayProcess, start_gateway
 from tests.support.training import DATA
 
-pytestmark = [pytest.mark.e2e, pytest.mark.pending]
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
