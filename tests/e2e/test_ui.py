@@ -96,7 +96,8 @@ def test_ui_draws_loss_curves_and_lineage(gateway, finished_job, merged_of_job, 
     assert job_section.count('class="train-point"') >= 3
     assert job_section.count('class="valid-point"') >= 1
     assert "held out" in job_section and "fine-tuned" in job_section
-    assert 'class="drift"' in job_section and 'class="trial-button"' in job_section
+    # The drift box of a job's checks: test_trial's UI test (the shared gateway skips them).
+    assert 'class="trial-button"' in job_section
     # job → adapter → merged model, as words and links to the models' rows
     assert "→ adapter" in job_section and "→ merged" in job_section
     assert link_to(f"model-{adapter}") in job_section and link_to(f"model-{merged}") in job_section
