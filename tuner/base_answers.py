@@ -3,7 +3,7 @@
 Every job's checks ask the same built-in prompts of the same base, greedily, so
 the answers come out the same each time; generating them was about a third of
 the checks after a short job on a CPU. They are kept as JSON in the cache folder
-that the gateway names in the job's ``checks`` options, keyed by the base's
+that the gateway names in ``job.json`` (``checks_cache_dir``), keyed by the base's
 files (name, size, modification time), the prompts, the answer length and the
 transformers version. Without a cache folder, or when it cannot be read or
 written, they are generated as before: the cache only ever saves time.
