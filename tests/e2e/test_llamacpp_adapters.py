@@ -126,22 +126,27 @@ def test_a_new_adapter_reaches_llamacpp_without_failing_a_live_stream(
     streamed: dict[str, object] = {}
     first_chunk = threading.Event()
 
+    text: list[str] = []
+
     def long_stream() -> None:
-        chunks = client.chat.completions.create(
-            model=BASE_GGUF,
-            messages=[{"role": "user", "content": "Tell me a long story about a lighthouse."}],
-            max_tokens=1500,
-            temperature=0,
-            stream=True,
-            extra_body={"ignore_eos": True},  # llama-server's own: the whole length, always
-        )
-        text, finish = [], None
-        for chunk in chunks:
-            first_chunk.set()
-            if chunk.choices:
-                text.append(chunk.choices[0].delta.content or "")
-                finish = chunk.choices[0].finish_reason or finish
-        streamed.update(text="".join(text), finish=finish, ended=time.monotonic())
+        try:
+            chunks = client.chat.completions.create(
+                model=BASE_GGUF,
+                messages=[{"role": "user", "content": "Tell me a long story about a lighthouse."}],
+                max_tokens=1500,
+                temperature=0,
+                stream=True,
+                extra_body={"ignore_eos": True},  # llama-server's own: the whole length, always
+            )
+            finish = None
+            for chunk in chunks:
+                first_chunk.set()
+                if chunk.choices:
+                    text.append(chunk.choices[0].delta.content or "")
+                    finish = chunk.choices[0].finish_reason or finish
+            streamed.update(finish=finish, ended=time.monotonic())
+        except Exception as error:  # shown by the assertion below, not lost in the thread
+            streamed.update(error=repr(error), ended=time.monotonic())
 
     reader = threading.Thread(target=long_stream)
     reader.start()
@@ -156,8 +161,9 @@ def test_a_new_adapter_reaches_llamacpp_without_failing_a_live_stream(
     assert is_ahoy_style(ask(client, "ahoy2-gguf", UNSEEN[2]))  # converted, handed over
     handed_over = time.monotonic()
     draining = [e for e in gateway.engines() if e["pid"] == old["pid"]]
-    reader.join(120)
-    assert streamed["finish"] == "length" and len(streamed["text"]) > 500, streamed
+    reader.join(600)  # however slow the machine: the stream itself must not fail
+    outcome = {**streamed, "chunks": len(text), "still_streaming": reader.is_alive()}
+    assert streamed.get("finish") == "length" and len("".join(text)) > 500, outcome
     assert streamed["ended"] > handed_over, "the stream ended before the hand-over"
     assert draining and draining[0]["detail"] == "draining" and draining[0]["in_flight"] >= 1
     new = gateway.engine_serving(BASE_GGUF)
