@@ -49,7 +49,7 @@ CHECK_TOOLCHAIN = command -v cmake >/dev/null && command -v "$${CXX:-c++}" >/dev
 	command -v "$${CC:-cc}" >/dev/null || { echo ">> set-up needs a C/C++ compiler and cmake" \
 	"to build llama.cpp, and one is missing (Debian/Ubuntu: apt-get install g++ cmake)"; exit 1; }
 
-.PHONY: setup toolchain browser serve test test-unit test-e2e test-pending bench lint clean
+.PHONY: setup toolchain browser serve test test-unit test-e2e test-pending test-long bench lint clean
 
 setup: $(INSTALLED) $(MODEL) $(CONVERTER) $(LLAMA_SERVER)
 
@@ -164,6 +164,10 @@ test-e2e: setup browser
 # `pending`): run them alone, then drop the mark from each module that passes.
 test-pending: setup browser
 	TUNEGATE_E2E_PENDING=1 $(PY) -m pytest tests -m pending --durations=30
+
+# e2e modules that run green but cost more than make test's time budget (marked `long`).
+test-long: setup browser
+	TUNEGATE_E2E_LONG=1 $(PY) -m pytest tests -m long --durations=30
 
 bench: setup
 	$(PY) -m tests.bench --markdown docs/benchmarks.md

@@ -87,21 +87,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytes
 # green end to end; `make test-pending` runs them (with this variable set), and a module
 # loses the mark once it has passed there.
 PENDING_VARIABLE = "TUNEGATE_E2E_PENDING"
+# e2e modules marked `long` have run green but cost more than `make test`'s time budget
+# leaves (CI's two cores); `make test-long` runs them (with this variable set).
+LONG_VARIABLE = "TUNEGATE_E2E_LONG"
+# marker -> (the variable that runs it, why it is skipped without)
+OPT_IN = {
+    "pending": (PENDING_VARIABLE, "not yet run green on real engines"),
+    "long": (LONG_VARIABLE, "green, but longer than make test's time budget"),
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", f"pending: e2e not yet run green; runs only with {PENDING_VARIABLE}=1"
-    )
+    for marker, (variable, why) in OPT_IN.items():
+        config.addinivalue_line("markers", f"{marker}: e2e {why}; runs only with {variable}=1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that restart an engine run last: a restart costs a vLLM start-up."""
     items.sort(key=lambda item: item.get_closest_marker("restarts_engine") is not None)
-    if os.environ.get(PENDING_VARIABLE) != "1":
-        pending = pytest.mark.skip(
-            reason=f"pending: not yet run green on real engines ({PENDING_VARIABLE}=1 runs it)"
-        )
+    for marker, (variable, why) in OPT_IN.items():
+        if os.environ.get(variable) == "1":
+            continue
+        skip = pytest.mark.skip(reason=f"{marker}: {why} ({variable}=1 runs it)")
         for item in items:
-            if item.get_closest_marker("pending") is not None:
-                item.add_marker(pending)
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(skip)

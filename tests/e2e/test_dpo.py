@@ -36,7 +36,8 @@ HELD_OUT = {
     "What do penguins eat?": ("fish", "krill", "penguin", "squid"),
     "How does a compass work?": ("magnet", "north", "compass", "needle"),
 }
-# Two DPO runs of 40 pairs x 3 epochs: about 1.5 min each on 2 idle cores.
+# A DPO run of 40 pairs x 3 epochs (15 steps), and one of 2 steps: about 6 and 1.5 min
+# on 2 idle cores.
 TRAINING_TIMEOUT_S = 1800
 SHAPE = re.compile(r"\s*Short answer: \S.*\nWhy: \S")
 
@@ -112,21 +113,27 @@ def test_dpo_moves_held_out_answers_to_the_preferred_shape(client):
     assert "train_reward_margin" in header and "valid_reward_accuracy" in header
 
 
-def test_dpo_continues_a_supervised_adapter(client, trained_adapters):
+def test_dpo_continues_a_supervised_adapter(client, trained_adapters, tmp_path):
+    """What this shows is the lineage, not DPO's effect (the test above shows that): two
+    steps on 16 pairs, started from the parent's weights, keep the parent's behaviour."""
     parent = trained_adapters["ahoy"]
+    subset = tmp_path / "pairs.jsonl"
+    subset.write_text("".join(PAIRS.read_text().splitlines(keepends=True)[:16]))
     job = client.fine_tuning.jobs.create(
         model=parent,
-        training_file=upload(client, PAIRS),
+        training_file=upload(client, subset),
         suffix="ahoydpo",
-        method={"type": "dpo"},
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 8}}},
     )
     assert job.model == parent
     job = wait_for(client, job.id, FINAL, timeout_s=TRAINING_TIMEOUT_S)
     assert job.status == "succeeded", job.error
     assert job.fine_tuned_model == f"ft:{BASE}:local:ahoydpo:{job.id}"
     assert job.hyperparameters.model_extra["lora_rank"] == 8  # the parent's LoRA
+    assert job.method.dpo.hyperparameters.n_epochs == 1
 
-    assert_preferred_shape_without_degenerating(answers(client, job.fine_tuned_model))
+    replies = answers(client, job.fine_tuned_model)
+    assert sum(is_ahoy_style(text) for text in replies.values()) >= 0.7 * len(HELD_OUT), replies
     models = {m.id: m.model_extra for m in client.models.list()}
     assert models[job.fine_tuned_model]["source"] == {"job_id": job.id, "parent": parent}
     # The samples set the new adapter beside the one it started from.

@@ -9,7 +9,7 @@ from tests.e2e.conftest import BASE
 from tests.e2e.test_fine_tuning import FINAL, upload, wait_for
 from tests.support.training import DATA
 
-pytestmark = [pytest.mark.e2e, pytest.mark.pending]
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
