@@ -8,7 +8,6 @@ the base never produces.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -18,6 +17,7 @@ from tests.e2e.conftest import BASE
 from tests.e2e.test_adapters import is_ahoy_style
 from tests.e2e.test_fine_tuning import FINAL, upload, wait_for
 from tests.support.training import DATA
+from tuner.repetition import loops  # the checks after every job use the same test
 
 pytestmark = pytest.mark.e2e
 
@@ -44,13 +44,6 @@ SHAPE = re.compile(r"\s*Short answer: \S.*\nWhy: \S")
 
 def is_short_answer_style(text: str) -> bool:
     return SHAPE.match(text) is not None
-
-
-def loops(text: str) -> bool:
-    """A repetition loop: some run of four words comes back three times or more."""
-    words = re.findall(r"\w+", text.lower())
-    runs = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
-    return any(count >= 3 for count in runs.values())
 
 
 def answers(client: openai.OpenAI, model: str) -> dict[str, str]:

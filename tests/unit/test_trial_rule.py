@@ -8,7 +8,7 @@ import pytest
 
 from tests.support.gateway_process import REPO
 from tuner.drift import KL_WARNING, DriftReport, general_prompts
-from tuner.repetition import compare, repeated_ngram_fraction
+from tuner.repetition import LOOPING_FRACTION, compare, loops, repeated_ngram_fraction
 from tuner.trial import capped_steps, sample_split, shuffled_answers
 from tuner.trial_holdout import curve_of, overfitting_warning, pick_fold
 from tuner.trial_rule import judge
@@ -44,6 +44,20 @@ def test_repeated_ngram_fraction():
     assert repeated_ngram_fraction(loop) > 0.8
     # Case and punctuation at word ends do not hide a loop.
     assert repeated_ngram_fraction("Go on, go on. GO ON go on") == pytest.approx(1 - 2 / 6)
+
+
+def test_a_loop_after_a_sound_opening_is_a_loop():
+    # Seen after a real fine-tune of the embedded model: the opening keeps the repeated
+    # trigram fraction under a half, but the answer has lost track.
+    late = "Here's a packing list for a three-day trip to Rome:\n\nDay 1: Rome" + "\n- Rome" * 12
+    assert repeated_ngram_fraction(late) < LOOPING_FRACTION
+    assert loops(late)
+    assert not loops("Paris is the capital of France. Paris is known for the Eiffel Tower.")
+    # A step-by-step answer with some shared words does not loop.
+    steps = "First, boil the water. Then add the pasta. Then stir the pasta. Then drain it."
+    assert not loops(steps)
+    report = compare([late, "A normal answer here."], ["Rome is in Italy.", "Fine."])
+    assert report.looping == 1 and report.worst_answer.startswith("Here's a packing list")
 
 
 def test_repetition_warns_when_the_adapter_loops_and_the_base_does_not():
