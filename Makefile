@@ -28,30 +28,35 @@ UNAME := $(shell uname -s)
 # Engines whose torch is the CPU build (installed first, so nothing pulls in CUDA).
 CPU_TORCH_ENGINES := cpu llamacpp
 # What the installed venv must import: vLLM only where it was installed.
-IMPORT_CHECK := $(if $(filter llamacpp,$(ENGINE)),,vllm, )llama_cpp, peft, trl, transformers, gateway
+IMPORT_CHECK := $(if $(filter llamacpp,$(ENGINE)),,vllm, )peft, trl, transformers, gateway
 SERVE_FLAGS := $(if $(filter llamacpp,$(ENGINE)),--no-vllm-enabled)
 NPROC := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 SHA256 := $(if $(filter Darwin,$(UNAME)),shasum -a 256,sha256sum)
 PIP := $(PY) -m pip
 INSTALLED := $(VENV)/.installed-$(ENGINE)
 MODEL := $(DATA_ROOT)/models/smollm2-135m-instruct/config.json
-# llama.cpp's sources, as vendored in the sdist of the installed llama-cpp-python:
-# the GGUF converter and llama-server come from the same llama.cpp as the library.
+# llama.cpp's sources, as vendored in the sdist of this llama-cpp-python (only its
+# sources are used: nothing installs or compiles the Python package, except `make bench`,
+# whose llama.cpp suite compares with it in process). The GGUF converter, llama-server
+# and llama-quantize all come from these sources. The same pin is pyproject's `bench` extra.
+LLAMA_CPP_PYTHON := 0.3.36
 TOOLS := $(VENV)/share/tunegate
 LLAMACPP := $(TOOLS)/llama.cpp
 LLAMACPP_SOURCES := $(LLAMACPP)/CMakeLists.txt
 CONVERTER := $(LLAMACPP)/convert_hf_to_gguf.py
 LLAMA_SERVER := $(LLAMACPP)/build/bin/llama-server
+# llama.cpp's quantiser, for the exports the converter cannot write (q4_k_m).
+LLAMA_QUANTIZE := $(LLAMACPP)/build/bin/llama-quantize
 
-# llama.cpp is compiled twice at set-up (the llama-cpp-python wheel, llama-server):
-# without a compiler and cmake, say so at once in one line.
+# llama.cpp is compiled at set-up (llama-server and llama-quantize): without a
+# compiler and cmake, say so at once in one line.
 CHECK_TOOLCHAIN = command -v cmake >/dev/null && command -v "$${CXX:-c++}" >/dev/null && \
 	command -v "$${CC:-cc}" >/dev/null || { echo ">> set-up needs a C/C++ compiler and cmake" \
 	"to build llama.cpp, and one is missing (Debian/Ubuntu: apt-get install g++ cmake)"; exit 1; }
 
 .PHONY: setup toolchain browser serve test test-unit test-e2e test-pending test-long bench lint clean
 
-setup: $(INSTALLED) $(MODEL) $(CONVERTER) $(LLAMA_SERVER)
+setup: $(INSTALLED) $(MODEL) $(CONVERTER) $(LLAMA_SERVER) $(LLAMA_QUANTIZE)
 
 # The same check alone: does this machine have what set-up compiles with?
 toolchain:
@@ -64,8 +69,7 @@ $(PY):
 # Installs only when the venv is new or pyproject.toml changed.
 $(INSTALLED): pyproject.toml | $(PY)
 	@$(CHECK_TOOLCHAIN)
-	@echo ">> installing tunegate and its engines into $(VENV) (first run: several minutes;"
-	@echo "   llama.cpp is compiled from source, about 8 min on 2 cores)"
+	@echo ">> installing tunegate and its engines into $(VENV) (first run: several minutes)"
 ifneq ($(filter $(ENGINE),$(CPU_TORCH_ENGINES)),)
 	$(PY) -c "import torch" 2>/dev/null || \
 		$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch==$(TORCH_VERSION)
@@ -89,13 +93,13 @@ $(MODEL): | $(INSTALLED)
 	$(PY) -m tuner.prepare_base --gguf "$$($(PY) -c 'from gateway.base_models import embedded_gguf_path as p; print(p())')" \
 		--out $(DATA_ROOT)/models/smollm2-135m-instruct
 
-# llama.cpp's sources from the sdist of the installed llama-cpp-python (not its
-# test models and docs), once.
+# llama.cpp's sources from the llama-cpp-python sdist (not its test models and docs),
+# once: a download, nothing is built from the sdist itself.
 $(LLAMACPP_SOURCES): | $(INSTALLED)
-	@echo ">> fetching llama.cpp's sources from the llama-cpp-python sdist (once)"
+	@echo ">> fetching llama.cpp's sources from the llama-cpp-python $(LLAMA_CPP_PYTHON) sdist (once)"
 	rm -rf $(TOOLS)/sdist && mkdir -p $(TOOLS)/sdist
 	$(PIP) download --quiet --no-binary :all: --no-deps -d $(TOOLS)/sdist \
-		"llama-cpp-python==$$($(PY) -c 'import llama_cpp; print(llama_cpp.__version__)')"
+		"llama-cpp-python==$(LLAMA_CPP_PYTHON)"
 	tar -xzf $(TOOLS)/sdist/llama_cpp_python-*.tar.gz -C $(TOOLS)/sdist --wildcards \
 		--exclude='*/vendor/llama.cpp/models' --exclude='*/vendor/llama.cpp/docs' \
 		--exclude='*/vendor/llama.cpp/media' '*/vendor/llama.cpp/*'
@@ -115,33 +119,39 @@ LLAMA_SERVER_GPU := $(if $(filter Darwin,$(UNAME)),-DGGML_METAL=ON)
 # A built llama-server is kept in a per-user cache, as pip keeps the wheels it builds, so a
 # new clone or venv on the same machine copies it instead of compiling again. The key names
 # everything the binary depends on: the llama.cpp version, the flags, the compiler and the
-# CPU (the build targets this machine's instruction set); the binary is linked statically.
+# CPU (the build targets this machine's instruction set); the binaries are linked statically.
 LLAMA_SERVER_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tunegate/llama-server
 $(LLAMA_SERVER): | $(LLAMACPP_SOURCES)
-	@key=$$( { $(PY) -c 'import llama_cpp; print(llama_cpp.__version__)'; \
+	@key=$$( { echo "$(LLAMA_CPP_PYTHON) llama-server llama-quantize"; \
 		echo "$(LLAMA_SERVER_CFLAGS)$(if $(LLAMA_SERVER_GPU), $(LLAMA_SERVER_GPU))"; uname -m; "$${CXX:-c++}" --version 2>/dev/null | head -n 1; \
 		grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null; } | $(SHA256) | cut -c1-16 ) && \
 	cached=$(LLAMA_SERVER_CACHE)/$$key && \
-	if [ -x "$$cached/llama-server" ]; then \
-		echo ">> llama-server from the build cache ($$cached)"; \
-		mkdir -p $(@D) && cp "$$cached/llama-server" $@.partial && mv $@.partial $@ && \
+	if [ -x "$$cached/llama-server" ] && [ -x "$$cached/llama-quantize" ]; then \
+		echo ">> llama-server and llama-quantize from the build cache ($$cached)"; \
+		mkdir -p $(@D) && cp "$$cached/llama-quantize" $(LLAMA_QUANTIZE) && \
+		cp "$$cached/llama-server" $@.partial && mv $@.partial $@ && \
 		cp "$$cached/build-seconds" $(LLAMACPP)/build/build-seconds 2>/dev/null; exit 0; \
 	fi; \
 	$(CHECK_TOOLCHAIN); \
-	echo ">> building llama.cpp's llama-server (once, about 4 min on 2 cores; log: $(LLAMACPP)/build.log)"; \
+	echo ">> building llama.cpp's llama-server and llama-quantize (once, about 4 min on 2 cores; log: $(LLAMACPP)/build.log)"; \
 	rm -rf $(LLAMACPP)/build && started=$$(date +%s) && \
 	{ cmake -S $(LLAMACPP) -B $(LLAMACPP)/build -DCMAKE_BUILD_TYPE=Release \
 		-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 		-DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF $(LLAMA_SERVER_GPU) \
 		-DCMAKE_C_FLAGS="$(LLAMA_SERVER_CFLAGS)" -DCMAKE_CXX_FLAGS="$(LLAMA_SERVER_CFLAGS)" && \
-	  cmake --build $(LLAMACPP)/build --target llama-server -j$(NPROC); } \
+	  cmake --build $(LLAMACPP)/build --target llama-server llama-quantize -j$(NPROC); } \
 		> $(LLAMACPP)/build.log 2>&1 || { tail -n 30 $(LLAMACPP)/build.log; \
 		echo ">> building llama-server failed; see $(LLAMACPP)/build.log"; exit 1; } ; \
 	echo $$(( $$(date +%s) - started )) > $(LLAMACPP)/build/build-seconds && \
-	{ mkdir -p "$$cached" && cp $@ "$$cached/llama-server.partial" && \
+	{ mkdir -p "$$cached" && cp $(LLAMA_QUANTIZE) "$$cached/llama-quantize" && \
+	  cp $@ "$$cached/llama-server.partial" && \
 	  cp $(LLAMACPP)/build/build-seconds "$$cached/build-seconds" && \
 	  mv "$$cached/llama-server.partial" "$$cached/llama-server" || \
 	  echo ">> (llama-server not kept in $(LLAMA_SERVER_CACHE): not writable)"; }
+
+# Built with llama-server; a venv set up before llama-quantize was built gets both anew.
+$(LLAMA_QUANTIZE): | $(LLAMA_SERVER)
+	@test -x $@ || { rm -f $(LLAMA_SERVER) && $(MAKE) --no-print-directory $(LLAMA_SERVER); }
 
 serve: setup
 	$(PY) -m gateway --data-root $(DATA_ROOT) $(SERVE_FLAGS) $(ARGS)
@@ -170,6 +180,9 @@ test-long: setup browser
 	TUNEGATE_E2E_LONG=1 $(PY) -m pytest tests -m long --durations=30
 
 bench: setup
+	@# llama.cpp's suite compares llama-server with llama.cpp in process (pyproject's
+	@# `bench` extra; compiled from source, so installed only here, once).
+	$(PY) -c "import llama_cpp" 2>/dev/null || $(PIP) install "llama-cpp-python==$(LLAMA_CPP_PYTHON)"
 	$(PY) -m tests.bench --markdown docs/benchmarks.md
 
 lint: setup

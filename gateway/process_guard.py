@@ -47,6 +47,7 @@ OUR_COMMANDS = (
     "vllm",
     "VLLM::",
     "llama-server",
+    "llama-quantize",
     "llama_cpp",
     "tuner.",
     "torchrun",

@@ -6,10 +6,10 @@
 1. PEFT ``merge_and_unload`` into an HF checkpoint (with the base's tokenizer
    and the chat template the adapter was trained with, so the merged model stops
    where the adapter stops and writes tool calls as the adapter learned them);
-2. llama.cpp's own ``convert_hf_to_gguf.py``, from the sdist of the pinned
-   llama-cpp-python (set up by ``make setup`` under the venv's share/ folder);
-3. for types the converter cannot write (q4_k_m), llama.cpp's quantiser via
-   llama-cpp-python.
+2. llama.cpp's own ``convert_hf_to_gguf.py``, from the llama.cpp sources that
+   ``make setup`` puts under the venv's share/ folder;
+3. for types the converter cannot write (q4_k_m), ``llama-quantize``, built by
+   ``make setup`` from the same sources with ``llama-server``.
 
 The GGUF is written next to ``--out`` under a temporary name and renamed into
 place last: a failed or killed export leaves no file at ``--out``.
@@ -18,7 +18,6 @@ place last: a failed or killed export leaves no file at ``--out``.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 from tuner.chat_templates import chat_for_training
 
 CONVERTER_DIR = Path(sys.prefix) / "share" / "tunegate" / "llama.cpp"
+QUANTIZER = CONVERTER_DIR / "build" / "bin" / "llama-quantize"
 
 
 def staging_path(out_file: Path) -> Path:
@@ -45,11 +45,12 @@ def publish(staging: Path, out_file: Path) -> Path:
     return out_file
 
 
-# Quantisation -> (converter --outtype, llama.cpp ftype to quantise to afterwards, or None).
+# Quantisation -> (converter --outtype, llama-quantize's type to quantise to afterwards,
+# or None).
 QUANTIZATIONS: dict[str, tuple[str, str | None]] = {
     "f16": ("f16", None),
     "q8_0": ("q8_0", None),
-    "q4_k_m": ("f16", "LLAMA_FTYPE_MOSTLY_Q4_K_M"),
+    "q4_k_m": ("f16", "Q4_K_M"),
 }
 
 
@@ -108,16 +109,18 @@ def convert(
     return out_file
 
 
-def quantize(source: Path, target: Path, ftype: str) -> Path:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, ftype)
-    status = llama_cpp.llama_model_quantize(
-        str(source).encode(), str(target).encode(), ctypes.byref(params)
+def quantize(source: Path, target: Path, type_name: str, quantizer: Path = QUANTIZER) -> Path:
+    if not quantizer.is_file():
+        raise ExportError("llama.cpp's quantiser is not installed; run `make setup`.")
+    result = subprocess.run(
+        [str(quantizer), str(source), str(target), type_name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    if status != 0 or not target.is_file():
-        raise ExportError(f"llama.cpp's quantiser failed (status {status})")
+    if result.returncode != 0 or not target.is_file():
+        sys.stderr.write(result.stdout[-4000:])
+        raise ExportError(f"llama.cpp's quantiser failed (exit status {result.returncode})")
     return target
 
 
@@ -131,14 +134,14 @@ def export(
 ) -> Path:
     if quantization not in QUANTIZATIONS:
         raise ExportError(f"unknown quantization {quantization!r}")
-    outtype, ftype = QUANTIZATIONS[quantization]
+    outtype, quantized_type = QUANTIZATIONS[quantization]
     log("merging the adapter into the base")
     merged = merge(base_dir, adapter_dir, work_dir / "merged")
     log(f"converting to GGUF ({outtype})")
     converted = convert(merged, work_dir / f"model-{outtype}.gguf", outtype)
-    if ftype is not None:
+    if quantized_type is not None:
         log(f"quantising to {quantization}")
-        converted = quantize(converted, work_dir / f"model-{quantization}.gguf", ftype)
+        converted = quantize(converted, work_dir / f"model-{quantization}.gguf", quantized_type)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_path(out_file)
     shutil.copyfile(converted, staging)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tests.bench.dpo import dpo
 from tests.bench.fleet import fleet
+from tests.bench.gguf_bases import gguf_bases
 from tests.bench.hotpath import hotpath
 from tests.bench.llamacpp_adapters import llamacpp_adapters
 from tests.bench.llamacpp_server import llamacpp_server
@@ -86,6 +87,8 @@ async def run(suite: str, quick: bool, before: Path | None = None) -> list[Row]:
         rows += await trial(quick)
     if suite in ("tool-calls", "all"):
         rows += await tool_calls(quick)
+    if suite in ("gguf-bases", "all"):
+        rows += await gguf_bases(quick)
     return rows
 
 
@@ -106,6 +109,7 @@ def main() -> int:
             "training",
             "trial",
             "tool-calls",
+            "gguf-bases",
             "all",
         ),
         default="all",

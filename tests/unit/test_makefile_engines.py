@@ -25,13 +25,28 @@ def test_the_llamacpp_engine_installs_no_vllm_and_serves_with_vllm_off():
     install = dry_run("ENGINE=llamacpp", "/nonexistent-venv/.installed-llamacpp")
     assert '.[llamacpp,dev]"' in install
     assert "torch==" in install  # the CPU build, for the tuner
-    assert '-c "import llama_cpp, peft, trl, transformers, gateway"' in install
-    assert "vllm" not in install
+    assert '-c "import peft, trl, transformers, gateway"' in install
+    assert "vllm" not in install and "llama-cpp-python" not in install
     serve = dry_run("ENGINE=llamacpp", "serve").splitlines()[-1]
     assert serve.endswith("-m gateway --data-root var --no-vllm-enabled ")
 
 
 def test_the_default_engine_installs_and_checks_vllm():
     install = dry_run("/nonexistent-venv/.installed-cpu")
-    assert '.[cpu,dev]"' in install and '-c "import vllm, llama_cpp,' in install
+    assert '.[cpu,dev]"' in install and '-c "import vllm, peft,' in install
     assert "--no-vllm-enabled" not in dry_run("serve").splitlines()[-1]
+
+
+def test_llamacpp_is_compiled_from_the_pinned_sources_and_never_installed_for_serving():
+    """llama-server and llama-quantize are built from the llama-cpp-python sdist's
+    sources; the Python package itself (an 8-minute compile) is for `make bench` only."""
+    import tomllib
+
+    sources = dry_run("/nonexistent-venv/share/tunegate/llama.cpp/CMakeLists.txt")
+    download = sources[sources.index("pip download") :]
+    build = dry_run("/nonexistent-venv/share/tunegate/llama.cpp/build/bin/llama-server")
+    assert "--target llama-server llama-quantize" in build
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("llama-cpp-python")]
+    (bench_pin,) = project["optional-dependencies"]["bench"]
+    assert f'"{bench_pin}"' in download  # the sources of the version that `make bench` uses
