@@ -88,40 +88,27 @@ def convert(
         "PYTHONPATH": os.pathsep.join([str(converter_dir / "gguf-py"), str(converter_dir)]),
         "HF_HUB_OFFLINE": "1",
     }
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(hf_dir),
-            "--outfile",
-            str(out_file),
-            "--outtype",
-            outtype,
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    if result.returncode != 0 or not out_file.is_file():
-        sys.stderr.write(result.stdout[-4000:])
-        raise ExportError(f"the GGUF converter failed (exit status {result.returncode})")
-    return out_file
+    argv = [sys.executable, str(script), str(hf_dir), "--outfile", str(out_file)]
+    return _run_tool([*argv, "--outtype", outtype], out_file, "the GGUF converter", env)
 
 
 def quantize(source: Path, target: Path, type_name: str, quantizer: Path = QUANTIZER) -> Path:
     if not quantizer.is_file():
         raise ExportError("llama.cpp's quantiser is not installed; run `make setup`.")
+    argv = [str(quantizer), str(source), str(target), type_name]
+    return _run_tool(argv, target, "llama.cpp's quantiser")
+
+
+def _run_tool(argv: list[str], output: Path, what: str, env: dict | None = None) -> Path:
+    """Run one of llama.cpp's tools; when it fails, the end of its output goes to the
+    exporter's stderr (the merge's log)."""
     result = subprocess.run(
-        [str(quantizer), str(source), str(target), type_name],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    if result.returncode != 0 or not target.is_file():
+    if result.returncode != 0 or not output.is_file():
         sys.stderr.write(result.stdout[-4000:])
-        raise ExportError(f"llama.cpp's quantiser failed (exit status {result.returncode})")
-    return target
+        raise ExportError(f"{what} failed (exit status {result.returncode})")
+    return output
 
 
 def export(
