@@ -48,11 +48,15 @@ def chromium(tmp_path, *args: str) -> str:
     return result.stdout
 
 
+# /ui lists this many of the latest jobs (gateway/ui/index.html).
+UI_JOBS = 20
+
+
 @pytest.fixture
 def finished_job(client) -> str:
-    """A succeeded supervised job with validation data, trained on JSON answers (the
+    """A succeeded supervised job with validation data among those /ui lists (the
     fine-tuning tests leave one; else train one)."""
-    for job in client.fine_tuning.jobs.list(limit=100).data:
+    for job in client.fine_tuning.jobs.list(limit=UI_JOBS).data:
         if job.status == "succeeded" and job.validation_file and job.method.type == "supervised":
             return job.id
     job = client.fine_tuning.jobs.create(
