@@ -112,6 +112,16 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def until_started(count: int, timeout_s: float = 10) -> FakeProcess:
+    """Wait for the ``count``-th process: a start reads its GGUF's template in a thread
+    first, so it takes more than a few steps of the loop."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while len(FakeProcess.made) < count:
+        assert asyncio.get_running_loop().time() < deadline, "no process started"
+        await asyncio.sleep(0.005)
+    return FakeProcess.made[count - 1]
+
+
 def make_settings(tmp_path: Path, **values: object) -> Settings:
     binary = tmp_path / "llama-server"
     binary.write_text("")
@@ -289,8 +299,7 @@ async def test_a_new_adapter_hands_over_without_failing_a_live_stream(tmp_path, 
     second = await gw.register("b", seed=2)
     FakeProcess.auto_ready = False
     loading = asyncio.create_task(gw.chat("b"))
-    await settle()
-    fresh = FakeProcess.made[-1]
+    fresh = await until_started(len(FakeProcess.made) + 1)
     assert fresh is not old and fresh.loras == [first, second]
     # Until the new process is healthy, everything else still goes to the old one.
     await gw.chat("base")
@@ -384,8 +393,7 @@ async def test_a_client_leaving_during_a_hand_over_stops_the_new_process(tmp_pat
     await gw.register("b", seed=2)
     FakeProcess.auto_ready = False
     leaving = asyncio.create_task(gw.chat("b"))
-    await settle()
-    fresh = FakeProcess.made[-1]
+    fresh = await until_started(len(FakeProcess.made) + 1)
     assert fresh is not old and not fresh.stopped
     leaving.cancel()  # as the client-disconnect watch cancels the request
     with pytest.raises(asyncio.CancelledError):
@@ -456,7 +464,7 @@ async def test_a_request_waiting_for_a_start_is_not_evicted(tmp_path, converter)
     gw = Gateway(tmp_path, vllm=False, llamacpp_max_running=1)
     FakeProcess.auto_ready = False
     waiting = asyncio.create_task(gw.chat("m0"))
-    await settle()
+    await until_started(1)
     FakeProcess.auto_ready = True
     await gw.chat("m1")  # m0 is starting with a request leased on it: m1 goes once idle
     await settle()
@@ -483,3 +491,22 @@ async def test_with_vllm_off_the_gguf_answers_to_the_base_id(tmp_path):
     assert catalog.resolve(f"{EMBEDDED_MODEL_ID}-gguf") is entry  # the documented id, an alias
     engine = builder.engines["llama.cpp"]
     assert engine.gguf_base_of(EMBEDDED_MODEL_ID) is entry  # adapters of the base run on it
+
+
+async def test_a_new_server_reads_its_gguf_template_off_the_event_loop(tmp_path, monkeypatch):
+    """Reading a GGUF's metadata takes seconds for a large file: never on the loop."""
+    import threading
+
+    from gateway.engines import chat_templates
+
+    readers: list[threading.Thread] = []
+
+    def slow_read(gguf: Path) -> tuple[None, dict]:
+        readers.append(threading.current_thread())
+        return None, {}
+
+    monkeypatch.setattr(chat_templates, "gguf_template", slow_read)
+    gateway = Gateway(tmp_path, vllm=False)
+    await gateway.chat("m0")
+    assert readers and all(t is not threading.main_thread() for t in readers)
+    assert "--jinja" in FakeProcess.made[-1].spec.argv  # the choice reached the server's argv
