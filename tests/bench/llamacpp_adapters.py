@@ -110,7 +110,7 @@ async def _mixed(chat: str, ids: list[str], rounds: int) -> Row:
         stats = await asyncio.gather(
             *(lean_stream(chat, None, _body(models[i % len(models)])) for i in range(8))
         )
-        return sum(s.tokens for s in stats) / (time.perf_counter() - started)
+        return sum(s.completion_tokens for s in stats) / (time.perf_counter() - started)
 
     one, four = [], []
     twins = [f"{adapter}:gguf" for adapter in ids]
