@@ -50,3 +50,12 @@ def test_llamacpp_is_compiled_from_the_pinned_sources_and_never_installed_for_se
     assert not [d for d in project["dependencies"] if d.startswith("llama-cpp-python")]
     (bench_pin,) = project["optional-dependencies"]["bench"]
     assert f'"{bench_pin}"' in download  # the sources of the version that `make bench` uses
+
+
+def test_the_upload_routes_form_parser_is_a_dependency_of_its_own():
+    """Starlette parses forms with python-multipart; vLLM happened to bring it in, so an
+    install without vLLM answered every upload with a 500 until it was declared here."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("python-multipart") for d in project["dependencies"])
