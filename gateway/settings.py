@@ -182,10 +182,18 @@ class Settings(BaseSettings):
         32, ge=4, description="Examples a trial run samples when its request names no number."
     )
     finetune_trial_max_steps: int = Field(
-        16,
+        8,
         ge=1,
         description="Most optimizer steps of each of a trial's two trainings (trial and "
-        "shuffled control): bounds its time.",
+        "shuffled control).",
+    )
+    finetune_trial_max_train_s: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds of training after which a trial stops at the next step (after "
+        "at least 3 steps); its control then trains as many steps. With the step cap, it "
+        "bounds a trial's time on any data: about a minute and a half for the embedded "
+        "model on 2 CPU cores.",
     )
     finetune_trial_held_out_fraction: float = Field(
         0.25,

@@ -45,16 +45,36 @@ def base_answers(
     cache_dir: Path | None,
 ) -> list[str]:
     """The base's greedy answers to ``prompts``: from the cache when it has them."""
-    path = None
-    if cache_dir is not None:
-        path = cache_dir / f"base-answers-{cache_key(base_dir, prompts, max_new_tokens)}.json"
-        cached = _read(path, len(prompts))
-        if cached is not None:
-            return cached
+    cached = read_cached(prompts, max_new_tokens, base_dir, cache_dir)
+    if cached is not None:
+        return cached
     answers = greedy_answers(model, tokenizer, prompts, max_new_tokens, adapter=False)
-    if path is not None:
-        _write(path, answers)
+    keep(answers, prompts, max_new_tokens, base_dir, cache_dir)
     return answers
+
+
+def read_cached(
+    prompts: list[Messages], max_new_tokens: int, base_dir: Path, cache_dir: Path | None
+) -> list[str] | None:
+    """The kept answers, or None (nothing kept, no cache folder, an unreadable file)."""
+    if cache_dir is None:
+        return None
+    return _read(_path(prompts, max_new_tokens, base_dir, cache_dir), len(prompts))
+
+
+def keep(
+    answers: list[str],
+    prompts: list[Messages],
+    max_new_tokens: int,
+    base_dir: Path,
+    cache_dir: Path | None,
+) -> None:
+    if cache_dir is not None:
+        _write(_path(prompts, max_new_tokens, base_dir, cache_dir), answers)
+
+
+def _path(prompts: list[Messages], max_new_tokens: int, base_dir: Path, cache_dir: Path) -> Path:
+    return cache_dir / f"base-answers-{cache_key(base_dir, prompts, max_new_tokens)}.json"
 
 
 def _read(path: Path, count: int) -> list[str] | None:

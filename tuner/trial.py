@@ -2,14 +2,17 @@
 
 The gateway writes a normal run folder (the whole cleaned set in
 ``train.jsonl``/``valid.jsonl``, the full job's plan in ``job.json``) plus a
-``trial`` block: ``{"examples": N, "max_steps": S, "held_out_fraction": f,
-"full_base_dir": path or null}``. The trainer then, in one process:
+``trial`` block: ``{"examples": N, "max_steps": S, "max_train_s": T,
+"held_out_fraction": f, "full_base_dir": path or null}``. The trainer then, in one
+process:
 
 1. samples N examples (seeded) and holds out a fraction of them (at least 2),
    even when the set is small: the trial is not the final model;
 2. trains a fresh adapter on the rest with the job's settings, for at most S
-   steps, scoring the held-out part before and after;
-3. trains a control the same way on the same examples with the answers
+   steps and about T seconds (whichever comes first; at least
+   ``MIN_TRIAL_STEPS``), scoring the held-out part before and after. No warm-up:
+   in a run of a few steps, a warm-up step at a learning rate of 0 is a step lost;
+3. trains a control for as many steps on the same examples with the answers
    shuffled across prompts, and scores it on the same held-out part;
 4. judges ``learns`` by ``tuner.trial_rule``, runs the checks of every job
    (``tuner.trial_checks``: held-out samples, drift, repetition) on the trial
@@ -33,12 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from tuner.trial_checks import base_for_checks, run_checks
-from tuner.trial_fit import Fit, load_examples, prepare, train
+from tuner.trial_fit import Fit, load_examples, prepare, stop_after, train
 from tuner.trial_rule import judge
 
 DEFAULT_EXAMPLES = 32
 DEFAULT_HELD_OUT_FRACTION = 0.25
 MIN_HELD_OUT = 2
+# Measured on the embedded model (capitals, JSON answers, a pirate voice against random
+# codes; docs/benchmarks.md): 3-4 steps already separate learnable data from its control.
+MIN_TRIAL_STEPS = 3
 # What a finished job costs the gateway besides training and the trainer's checks:
 # validation, registration, loading the adapter into vLLM, samples through the engine.
 GATEWAY_OVERHEAD_S = 12.0
@@ -120,11 +126,13 @@ def run_trial(spec: Any, events: Any, method: Any) -> None:
     )
     steps = capped_steps(len(train_set), spec.batch_size, spec.n_epochs, options.get("max_steps"))
     tokenizer = AutoTokenizer.from_pretrained(spec.base_dir)
-    cap = {"max_steps": steps, "eval_strategy": "no"}
+    cap = {"max_steps": steps, "eval_strategy": "no", "warmup_steps": 0}
+    bound = stop_after(options.get("max_train_s"), MIN_TRIAL_STEPS)
 
     trial = prepare(
-        spec, method, tokenizer, train_set, held_out, "trial", cap, [make_callback(events)]
-    )
+        spec, method, tokenizer, train_set, held_out, "trial", cap,
+        [make_callback(events), *bound],
+    )  # fmt: skip
     evaluating = time.monotonic()
     before = trial.held_out_loss()
     eval_seconds = time.monotonic() - evaluating
@@ -137,11 +145,12 @@ def run_trial(spec: Any, events: Any, method: Any) -> None:
         lambda message: events.emit("warning", message=message),
         base_for_checks(spec),
     )
+    steps = trial.steps  # the time bound may have stopped it early: the control matches
     trial.trainer = None  # free the first adapter before the control trains
 
     control = prepare(
         spec, method, tokenizer, shuffled_answers(spec.method, train_set, spec.seed),
-        held_out, "control", cap,
+        held_out, "control", {**cap, "max_steps": steps},
     )  # fmt: skip
     control_after = train(control).held_out_loss()
     verdict = judge(before, after, control_after)

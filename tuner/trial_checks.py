@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuner.base_answers import base_answers
+from tuner.base_answers import keep, read_cached
 from tuner.dataset import content_text
 from tuner.drift import general_prompts, measure_drift
 from tuner.preference_dataset import preferred_text, prompt_of
 from tuner.repetition import compare
-from tuner.trial_generation import Messages, greedy_answers
+from tuner.trial_generation import Messages, mixed_greedy_answers
 
 SAMPLE_COUNT = 3
 ANSWER_TOKENS = 64  # long enough for a loop to show, short enough for a CPU
@@ -72,20 +72,29 @@ def run_checks(
     general = general_prompts()
     pairs = [PROMPT_AND_ANSWER[method](e) for e in held_out[:SAMPLE_COUNT]]
     held_prompts = [p for p, _ in pairs]
-    general_base = base_answers(
-        model, tokenizer, [g.messages for g in general], ANSWER_TOKENS, base.dir, base.cache_dir
-    )
-    held_base = greedy_answers(model, tokenizer, held_prompts, ANSWER_TOKENS, adapter=False)
+    general_messages = [g.messages for g in general]
+    cached = read_cached(general_messages, ANSWER_TOKENS, base.dir, base.cache_dir)
+    general_asks = [] if cached is not None else general_messages
     # The adapter answers only what is read: the general prompts shown side by side,
     # the multi-step ones (repetition) and the held-out ones.
     multi_step = [i for i, g in enumerate(general) if g.multi_step]
     asked = sorted({*GENERAL_SHOWN, *multi_step} & set(range(len(general))))
-    tuned_answers = greedy_answers(
-        model, tokenizer, [general[i].messages for i in asked] + held_prompts, ANSWER_TOKENS
+    base_asks = [*general_asks, *held_prompts]
+    tuned_asks = [*(general[i].messages for i in asked), *held_prompts]
+    answers = mixed_greedy_answers(
+        model,
+        tokenizer,
+        [(m, False) for m in base_asks] + [(m, True) for m in tuned_asks],
+        ANSWER_TOKENS,
     )
-    general_tuned = dict(zip(asked, tuned_answers[: len(asked)], strict=True))
-    held_tuned = tuned_answers[len(asked) :]
-    drift = measure_drift(model, tokenizer, [g.messages for g in general], general_base)
+    fresh_general, held_base, tuned_general, held_tuned = _cut(
+        answers, len(general_asks), len(held_prompts), len(asked), len(held_prompts)
+    )
+    general_base = cached if cached is not None else fresh_general
+    if cached is None:
+        keep(general_base, general_messages, ANSWER_TOKENS, base.dir, base.cache_dir)
+    general_tuned = dict(zip(asked, tuned_general, strict=True))
+    drift = measure_drift(model, tokenizer, general_messages, general_base)
     repetition = compare(
         [general_tuned[i] for i in multi_step] + held_tuned,
         [general_base[i] for i in multi_step] + held_base,
@@ -117,6 +126,15 @@ def run_checks(
         ],
         "seconds": round(time.monotonic() - started, 2),
     }
+
+
+def _cut(items: list[str], *sizes: int) -> list[list[str]]:
+    """``items`` in consecutive pieces of ``sizes``."""
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(items[start : start + size])
+        start += size
+    return pieces
 
 
 def base_for_checks(spec: Any) -> BaseAnswers:

@@ -27,6 +27,7 @@ class Fit:
     train_seconds: float = 0.0
     trained_tokens: int = 0
     epochs: float = 0.0  # epochs actually run (a cap on the steps may stop one early)
+    steps: int = 0  # optimizer steps actually run
 
     @property
     def model(self) -> Any:
@@ -94,7 +95,27 @@ def train(fit: Fit) -> Fit:
     fit.train_seconds = float(output.metrics.get("train_runtime", 0.0))
     fit.trained_tokens = _trained_tokens(fit.trainer)
     fit.epochs = float(fit.trainer.state.epoch or 0.0)
+    fit.steps = int(fit.trainer.state.global_step)
     return fit
+
+
+def stop_after(seconds: float | None, min_steps: int) -> list[Any]:
+    """A callback that ends the training at the first step past ``seconds`` of it (but not
+    before ``min_steps``); none without a bound. A trial's time is bounded this way on any
+    data: a step of long rows costs many times one of short ones."""
+    if not seconds:
+        return []
+    from transformers import TrainerCallback
+
+    class StopAfter(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self.started = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.global_step >= min_steps and time.monotonic() - self.started >= seconds:
+                control.should_training_stop = True
+
+    return [StopAfter()]
 
 
 def _trained_tokens(trainer: Any) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 
 from tuner.trial_checks import PROMPT_AND_ANSWER, SAMPLE_COUNT
 from tuner.trial_fit import prepare, train
-from tuner.trial_generation import greedy_answers
+from tuner.trial_generation import mixed_greedy_answers
 
 FOLD_FRACTION = 0.25
 MIN_FOLD = 2
@@ -92,8 +92,9 @@ def run_fold(
         emit_warning(warning)
     pairs = [PROMPT_AND_ANSWER[spec.method](e) for e in fold[:SAMPLE_COUNT]]
     prompts = [p for p, _ in pairs]
-    base = greedy_answers(fit.model, tokenizer, prompts, SAMPLE_TOKENS, adapter=False)
-    tuned = greedy_answers(fit.model, tokenizer, prompts, SAMPLE_TOKENS, adapter=True)
+    asks = [(p, False) for p in prompts] + [(p, True) for p in prompts]
+    answers = mixed_greedy_answers(fit.model, tokenizer, asks, SAMPLE_TOKENS)
+    base, tuned = answers[: len(prompts)], answers[len(prompts) :]
     return {
         "method": "leave-some-out",
         "train_examples": len(rest),

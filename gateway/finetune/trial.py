@@ -4,9 +4,9 @@ A **trial** is a normal fine-tuning job created with ``"trial"`` in the body
 (the SDK's ``extra_body={"trial": {"examples": N, "model": "<smaller base>"}}``;
 ``true`` or ``{}`` take the defaults). It validates and queues like any job,
 and its trainer (``tuner.trial``) trains a sample of the data and a shuffled
-control, bounded by ``finetune_trial_max_steps``. On success the job carries
-``trial_report`` (held-out loss before and after, ``learns``, samples,
-``estimated_full_run_s``, drift and repetition). Its adapter is not registered:
+control, bounded by ``finetune_trial_max_steps`` and ``finetune_trial_max_train_s``.
+On success the job carries ``trial_report`` (held-out loss before and after,
+``learns``, samples, ``estimated_full_run_s``, drift and repetition). Its adapter is not registered:
 ``fine_tuned_model`` stays null, since a trial is a check on the data, not a
 model to serve.
 
@@ -71,6 +71,7 @@ def trial_fields(
     extras["trial"] = {
         "examples": examples,
         "max_steps": settings.finetune_trial_max_steps,
+        "max_train_s": settings.finetune_trial_max_train_s,
         "held_out_fraction": settings.finetune_trial_held_out_fraction,
         "small_set_fold": small_set_fold,
     }
