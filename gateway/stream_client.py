@@ -59,6 +59,8 @@ class _AnswerProtocol(asyncio.Protocol):
         self.lost: Exception | None = None
         self.closed = False
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
         self._paused = False
         self.expect_answer()
 
@@ -149,19 +151,37 @@ class _AnswerProtocol(asyncio.Protocol):
         return data
 
     async def wait(self, timeout_s: float) -> None:
-        """Until something happens: data, the end, or the connection lost."""
+        """Until something happens: data, the end, or the connection lost.
+
+        A stream waits once per chunk. Rather than a timer set and cancelled each
+        time, one timer per connection runs to the latest deadline: when it fires
+        early (the deadline moved on since), it is set again for the rest.
+        """
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
-        timer = loop.call_later(timeout_s, self._time_out)
+        self._deadline = loop.time() + timeout_s
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
         try:
             await self._waiter
         finally:
-            timer.cancel()
             self._waiter = None
 
-    def _time_out(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._waiter is None or self._waiter.done():
+            return  # nobody waits: the next wait sets a timer again
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._deadline:
             self._waiter.set_exception(StreamTimeoutError())
+        else:
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
+
+    def stop_timer(self) -> None:
+        """The answer is done with: no timer keeps the connection alive or fires later."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -225,6 +245,7 @@ class StreamedAnswer:
             return
         self._closed = True
         protocol = self._protocol
+        protocol.stop_timer()
         if self._keep is not None and protocol.reusable():
             self._keep(protocol)
         elif protocol.transport is not None:
@@ -364,6 +385,7 @@ async def _send(
         if _asks_to_close(headers):
             protocol.keep_alive = False
     except BaseException:
+        protocol.stop_timer()
         protocol.transport.close()  # type: ignore[union-attr]
         raise
 

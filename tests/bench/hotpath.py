@@ -109,6 +109,15 @@ def upstream(latency_ms: float, chunk_gap_ms: float = 0.0) -> Iterator[Server]:
     return _process("upstream", command, REPO, port, dict(os.environ))
 
 
+def tcp_relay(target: Server) -> Iterator[Server]:
+    """A bare TCP relay (``tests.bench.tcp_relay``) in front of ``target``: the floor."""
+    port = free_port()
+    target_port = str(target.chat_url.split(":")[2].split("/")[0])
+    command = [sys.executable, "-m", "tests.bench.tcp_relay", "--port", str(port)]
+    command += ["--upstream-port", target_port]
+    return _process("tcp relay", command, REPO, port, dict(os.environ))
+
+
 @contextmanager
 def gateway(name: str, tree: Path, upstream_url: str) -> Iterator[Server]:
     """``python -m gateway`` from ``tree`` (its own code first on the path), in front of
@@ -289,7 +298,8 @@ async def hotpath(quick: bool, before: Path | None = None) -> list[Row]:
                 chunk_cpu[server.name].append(
                     await cpu_per_chunk(server, 8, streams=48 if quick else 96)
                 )
-        latency = await added_latency([instant, *gateways], rounds=300 if quick else 1000)
+        floor = stack.enter_context(tcp_relay(instant))
+        latency = await added_latency([instant, floor, *gateways], rounds=300 if quick else 1000)
     rows += _cpu_rows(request_cpu, chunk_cpu, latency, earlier is not None)
     trees = {"gateway": REPO, **({"before": before} if before else {})}
     rows += await _loaded(trees, duration_s, windows)
@@ -332,6 +342,16 @@ def _cpu_rows(
             "ms",
             f"added ≤ 0.5 ms (added {added:.2f})",
             added <= 0.5,
+        ),
+        # What one more hop costs on this machine at all: the gateway's added latency
+        # is this floor plus its own work.
+        Row(
+            "hot path",
+            "added p50, c=1, TCP relay",
+            latency["tcp relay"].p50_ms - latency["upstream"].p50_ms,
+            added,
+            "ms",
+            "report (baseline: a bare TCP relay)",
         ),
     ]
     if with_before:

@@ -1,4 +1,4 @@
-"""Where a gateway's CPU goes on the non-streamed chat path, under load.
+"""Where a gateway's CPU goes on the chat path, under load: non-streamed, or streamed.
 
 Runs ``python -m gateway`` (from ``--tree``, this checkout by default) under cProfile
 in front of the instant fake upstream, sends ``--requests`` chat requests from
@@ -6,8 +6,10 @@ in front of the instant fake upstream, sends ``--requests`` chat requests from
 stops the gateway with SIGTERM (it drains and exits 0, so the profile is written) and
 prints the functions by own time and by cumulative time. (py-spy, for a flame graph,
 cannot read this machine's Python processes: "Failed to find python version".)
+With ``--stream`` each request is a stream of ``LONG_STREAM`` chunks, each sent on its
+own by the upstream (as an engine sends tokens): the table is then mostly per chunk.
 
-    python -m tests.bench.profile_gateway [--tree DIR] [--requests 5000]
+    python -m tests.bench.profile_gateway [--tree DIR] [--requests 5000] [--stream]
 """
 
 from __future__ import annotations
@@ -26,7 +28,16 @@ from pathlib import Path
 
 from gateway.engines.process import free_port
 from gateway.stream_client import UpstreamClient
-from tests.bench.hotpath import CHAT_PATH, _body, _plain, _process, closed_loop, upstream
+from tests.bench.hotpath import (
+    CHAT_PATH,
+    LONG_STREAM,
+    _body,
+    _plain,
+    _process,
+    _streamed,
+    closed_loop,
+    upstream,
+)
 from tests.support.gateway_process import REPO, link_prepared_checkpoint
 
 # cProfile with the process's CPU clock: on a shared machine a wall clock charges the time
@@ -61,16 +72,19 @@ def _gateway_command(port: int, data_root: str, upstream_url: str) -> list[str]:
     ]
 
 
-async def _load(url: str, requests: int, concurrency: int) -> float:
+async def _load(url: str, requests: int, concurrency: int, stream: bool) -> float:
     client = UpstreamClient(10, 60, max_idle=concurrency)
-    body = _body(1)
+    body = _body(LONG_STREAM, stream=True) if stream else _body(1)
     done = 0
 
     async def worker() -> None:
         nonlocal done
         while done < requests:
             done += 1
-            await _plain(client, url, body)
+            if stream:
+                await _streamed(url, body)
+            else:
+                await _plain(client, url, body)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -78,9 +92,9 @@ async def _load(url: str, requests: int, concurrency: int) -> float:
     return time.perf_counter() - started
 
 
-def profile(tree: Path, requests: int, concurrency: int) -> str:
+def profile(tree: Path, requests: int, concurrency: int, stream: bool = False) -> str:
     with ExitStack() as stack:
-        instant = stack.enter_context(upstream(0.0))
+        instant = stack.enter_context(upstream(0.0, chunk_gap_ms=1.0 if stream else 0.0))
         base = instant.chat_url[: -len(CHAT_PATH)]
         data_root = stack.enter_context(tempfile.TemporaryDirectory(prefix="tunegate-prof-"))
         link_prepared_checkpoint(Path(data_root))
@@ -93,12 +107,13 @@ def profile(tree: Path, requests: int, concurrency: int) -> str:
         url = f"http://127.0.0.1:{port}{CHAT_PATH}"
         asyncio.run(closed_loop(lambda: _warm(url), 4, 1.0))
         cpu_before = _cpu(server.process)
-        seconds = asyncio.run(_load(url, requests, concurrency))
+        seconds = asyncio.run(_load(url, requests, concurrency, stream))
         cpu = _cpu(server.process) - cpu_before
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(60)
+        what = f"streams of {LONG_STREAM} chunks" if stream else "requests"
         summary = (
-            f"{requests} requests, c={concurrency}, {seconds:.2f} s: "
+            f"{requests} {what}, c={concurrency}, {seconds:.2f} s: "
             f"{requests / seconds:.0f} req/s, gateway CPU {cpu / requests * 1e6:.0f} µs/request "
             "(under cProfile)"
         )
@@ -131,8 +146,9 @@ def main() -> int:
     parser.add_argument("--tree", type=Path, default=REPO)
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--stream", action="store_true", help="streamed answers")
     args = parser.parse_args()
-    print(profile(args.tree.resolve(), args.requests, args.concurrency))
+    print(profile(args.tree.resolve(), args.requests, args.concurrency, args.stream))
     return 0
 
 

@@ -184,6 +184,24 @@ async def test_an_engine_that_goes_quiet_times_out():
         await answer.aclose()
 
 
+async def test_a_slow_stream_longer_than_the_timeout_does_not_time_out():
+    """The timeout is per wait for the next chunk, not for the whole answer."""
+
+    async def slow(reader, writer):  # type: ignore[no-untyped-def]
+        await read_request(reader)
+        writer.write(SSE_HEAD)
+        for event in EVENTS:
+            await asyncio.sleep(0.15)
+            writer.write(chunk(event))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with server(slow) as url:
+        answer = await opening(url, read_timeout_s=0.4)  # the answer takes about 0.9 s
+        pieces = [piece async for piece in answer.aiter_raw()]
+    assert b"".join(pieces) == b"".join(EVENTS)
+
+
 async def test_closing_midway_tells_the_engine():
     closed = asyncio.Event()
 
