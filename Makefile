@@ -35,6 +35,7 @@ SHA256 := $(if $(filter Darwin,$(UNAME)),shasum -a 256,sha256sum)
 PIP := $(PY) -m pip
 INSTALLED := $(VENV)/.installed-$(ENGINE)
 MODEL := $(DATA_ROOT)/models/smollm2-135m-instruct/config.json
+CHECKS_CACHE := $(DATA_ROOT)/cache/checks/.embedded-model
 # llama.cpp's sources, as vendored in the sdist of this llama-cpp-python (only its
 # sources are used: nothing installs or compiles the Python package, except `make bench`,
 # whose llama.cpp suite compares with it in process). The GGUF converter, llama-server
@@ -56,7 +57,7 @@ CHECK_TOOLCHAIN = command -v cmake >/dev/null && command -v "$${CXX:-c++}" >/dev
 
 .PHONY: setup toolchain browser serve test test-unit test-e2e test-pending test-long bench lint clean
 
-setup: $(INSTALLED) $(MODEL) $(CONVERTER) $(LLAMA_SERVER) $(LLAMA_QUANTIZE)
+setup: $(INSTALLED) $(MODEL) $(CHECKS_CACHE) $(CONVERTER) $(LLAMA_SERVER) $(LLAMA_QUANTIZE)
 
 # The same check alone: does this machine have what set-up compiles with?
 toolchain:
@@ -92,6 +93,14 @@ $(MODEL): | $(INSTALLED)
 	@echo ">> deriving the embedded SmolLM2 checkpoint (once, about a minute)"
 	$(PY) -m tuner.prepare_base --gguf "$$($(PY) -c 'from gateway.base_models import embedded_gguf_path as p; print(p())')" \
 		--out $(DATA_ROOT)/models/smollm2-135m-instruct
+
+# The embedded model's answers to the checks' general prompts, kept for the first job
+# and trial (about 15 s, once; a job makes them itself when they are missing).
+$(CHECKS_CACHE): $(MODEL)
+	@echo ">> answering the checks' general prompts with the embedded model (once, about 15 s)"
+	$(PY) -m tuner.warm_checks --base $(DATA_ROOT)/models/smollm2-135m-instruct \
+		--cache $(DATA_ROOT)/cache/checks
+	touch $@
 
 # llama.cpp's sources from the llama-cpp-python sdist (not its test models and docs),
 # once: a download, nothing is built from the sdist itself.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,12 +118,19 @@ class GatewayProcess:
 
 
 def link_prepared_checkpoint(data_root: Path) -> None:
-    """Reuse the checkpoint `make` derived, so a new data root need not derive it again."""
+    """Reuse the checkpoint `make` derived, so a new data root need not derive it again,
+    and the base's answers to the checks' general prompts `make` kept, as a user's data
+    root has them after `make setup` (copied: a test's gateway writes its own)."""
     prepared = REPO / "var" / "models" / EMBEDDED_MODEL_ID
     target = data_root / "models" / EMBEDDED_MODEL_ID
     if (prepared / "config.json").is_file() and not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(prepared, target_is_directory=True)
+    checks = data_root / "cache" / "checks"
+    for kept in (REPO / "var" / "cache" / "checks").glob("base-answers-*.json"):
+        checks.mkdir(parents=True, exist_ok=True)
+        if not (checks / kept.name).exists():
+            shutil.copyfile(kept, checks / kept.name)
 
 
 def start_gateway(

@@ -77,3 +77,19 @@ def test_a_damaged_or_unwritable_cache_only_costs_the_generation(
     assert base_answers(model, tokenizer, PROMPTS, 6, tiny_base, blocked / "cache") == expected
     assert base_answers(model, tokenizer, PROMPTS, 6, tiny_base, None) == expected
     assert generations == [3, 3, 3, 3]
+
+
+def test_set_up_keeps_the_answers_a_job_then_reads(tiny_base, generations, tmp_path, monkeypatch):
+    from tuner import warm_checks
+    from tuner.base_answers import read_cached
+    from tuner.trial_checks import ANSWER_TOKENS
+
+    monkeypatch.setattr(warm_checks, "ANSWER_TOKENS", 4)  # a tiny model's noise: few tokens
+    argv = ["--base", str(tiny_base), "--cache", str(tmp_path / "checks")]
+    assert warm_checks.main(argv) == 0
+    assert generations == [len(general_prompts())]
+    assert warm_checks.main(argv) == 0  # kept: nothing generated again
+    assert generations == [len(general_prompts())]
+    everything = [p.messages for p in general_prompts()]
+    assert read_cached(everything, 4, tiny_base, tmp_path / "checks") is not None
+    assert read_cached(everything, ANSWER_TOKENS, tiny_base, tmp_path / "checks") is None
