@@ -192,8 +192,8 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds of training after which a trial stops at the next step (after "
         "at least 3 steps); its control then trains as many steps. With the step cap, it "
-        "bounds a trial's time on any data: about a minute and a half for the embedded "
-        "model on 2 CPU cores.",
+        "bounds a trial's time on any data: about 80 s in all for the embedded model on 2 "
+        "CPU cores.",
     )
     finetune_trial_held_out_fraction: float = Field(
         0.25,
