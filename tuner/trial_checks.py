@@ -90,8 +90,9 @@ def run_checks(
     fresh_general, held_base, tuned_general, held_tuned = _cut(
         answers, len(general_asks), len(held_prompts), len(asked), len(held_prompts)
     )
-    general_base = cached if cached is not None else fresh_general
-    if cached is None:
+    general_base = cached
+    if general_base is None:  # made in this batch: kept for the next job on this base
+        general_base = fresh_general
         keep(general_base, general_messages, ANSWER_TOKENS, base.dir, base.cache_dir)
     general_tuned = dict(zip(asked, tuned_general, strict=True))
     drift = measure_drift(model, tokenizer, general_messages, general_base)

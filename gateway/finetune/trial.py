@@ -6,9 +6,9 @@ A **trial** is a normal fine-tuning job created with ``"trial"`` in the body
 and its trainer (``tuner.trial``) trains a sample of the data and a shuffled
 control, bounded by ``finetune_trial_max_steps`` and ``finetune_trial_max_train_s``.
 On success the job carries ``trial_report`` (held-out loss before and after,
-``learns``, samples, ``estimated_full_run_s``, drift and repetition). Its adapter is not registered:
-``fine_tuned_model`` stays null, since a trial is a check on the data, not a
-model to serve.
+``learns``, samples, ``estimated_full_run_s``, drift and repetition). Its adapter
+is not registered: ``fine_tuned_model`` stays null, since a trial is a check on
+the data, not a model to serve.
 
 After **every** job the trainer reports ``checks`` (``tuner.trial_checks``):
 drift on general prompts, repetition, held-out samples and, for sets under the
