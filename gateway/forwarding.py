@@ -77,6 +77,16 @@ class EngineReply:
     abandon: Callable[[], Awaitable[None]] | None = None
 
 
+# The request fields with an upper bound, and the limit that bounds each.
+_BOUNDED_PARAMS = (
+    ("max_tokens", "max_tokens"),
+    ("max_completion_tokens", "max_tokens"),
+    ("max_output_tokens", "max_tokens"),  # the Responses API's name
+    ("n", "max_n"),
+    ("best_of", "max_n"),
+)
+
+
 @dataclass(frozen=True)
 class RequestLimits:
     """Bounds checked before a request reaches an engine (settings request_max_*)."""
@@ -98,15 +108,12 @@ class RequestLimits:
         )
 
     def check(self, request: RoutedRequest) -> None:
-        bounds = {
-            "max_tokens": self.max_tokens,
-            "max_completion_tokens": self.max_tokens,
-            "max_output_tokens": self.max_tokens,  # the Responses API's name
-            "n": self.max_n,
-            "best_of": self.max_n,
-        }
-        for param, bound in bounds.items():
-            value = getattr(request, param, None)
+        # Read from the model's dicts, not with getattr: a field the request's model does
+        # not declare would cost pydantic an AttributeError on every request.
+        declared, extra = request.__dict__, request.model_extra or {}
+        for param, limit in _BOUNDED_PARAMS:
+            value = declared.get(param, extra.get(param))
+            bound = getattr(self, limit)
             if isinstance(value, int) and value > bound:
                 raise InvalidRequestError(
                     f"'{param}' may be at most {bound} here; it was {value}.",

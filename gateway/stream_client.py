@@ -264,9 +264,9 @@ async def open_stream(
     are in; the connection is closed with the answer. For https, ``tls`` is best made
     once (httpx's context: the CAs its other requests trust); loading the CAs takes
     milliseconds."""
-    parts = urlsplit(url)
+    parts, url_lines = _target(url)
     protocol = await _connect(parts, connect_timeout_s, tls)
-    await _send(protocol, parts, body, headers, read_timeout_s)
+    await _send(protocol, url_lines, body, headers, read_timeout_s)
     return StreamedAnswer(protocol, read_timeout_s)
 
 
@@ -298,20 +298,20 @@ class UpstreamClient:
 
     async def open(self, url: str, body: bytes, headers: dict[str, str]) -> StreamedAnswer:
         """POST ``body`` to ``url``; returns once the answer's headers are in."""
-        parts = urlsplit(url)
+        parts, url_lines = _target(url)
         idle = self._idle.get((parts.scheme, parts.netloc))
         if idle is None:
             idle = self._idle[(parts.scheme, parts.netloc)] = deque()
         protocol = self._reuse(idle)
         if protocol is not None:
             try:
-                await _send(protocol, parts, body, headers, self._read_timeout_s)
+                await _send(protocol, url_lines, body, headers, self._read_timeout_s)
             except StreamDroppedError:
                 protocol = None  # closed as it was reused: the engine never read it
             else:
                 return StreamedAnswer(protocol, self._read_timeout_s, self._keeper(idle))
         protocol = await _connect(parts, self._connect_timeout_s, self._tls)
-        await _send(protocol, parts, body, headers, self._read_timeout_s)
+        await _send(protocol, url_lines, body, headers, self._read_timeout_s)
         return StreamedAnswer(protocol, self._read_timeout_s, self._keeper(idle))
 
     def _reuse(self, idle: deque[tuple[float, _AnswerProtocol]]) -> _AnswerProtocol | None:
@@ -367,7 +367,7 @@ async def _connect(
 
 async def _send(
     protocol: _AnswerProtocol,
-    parts: SplitResult,
+    url_lines: str,
     body: bytes,
     headers: dict[str, str],
     read_timeout_s: float,
@@ -377,7 +377,7 @@ async def _send(
     try:
         if protocol.lost is not None or protocol.transport.is_closing():  # type: ignore[union-attr]
             raise protocol.lost or StreamDroppedError("connection closed")
-        protocol.transport.write(_request_head(parts, len(body), headers) + body)  # type: ignore[union-attr]
+        protocol.transport.write(_request_head(url_lines, len(body), headers) + body)  # type: ignore[union-attr]
         while not protocol.headers_done:
             if protocol.lost is not None:
                 raise protocol.lost
@@ -394,16 +394,21 @@ def _asks_to_close(headers: dict[str, str]) -> bool:
     return any(k.lower() == "connection" and v.lower() == "close" for k, v in headers.items())
 
 
-def _request_head(parts: SplitResult, length: int, headers: dict[str, str]) -> bytes:
+@functools.lru_cache(maxsize=1024)
+def _target(url: str) -> tuple[SplitResult, str]:
+    """A URL's parts, and the lines of a request head that follow from the URL alone.
+    A gateway sends to a few URLs again and again: each is read once."""
+    parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
-    lines = [
-        f"POST {target} HTTP/1.1",
-        f"Host: {host}" + (f":{parts.port}" if parts.port else ""),
-        f"Content-Length: {length}",
-    ]
+    lines = [f"POST {target} HTTP/1.1", f"Host: {host}" + (f":{parts.port}" if parts.port else "")]
     if parts.username is not None:  # http://user:password@host, as httpx sends it
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         lines.append("Authorization: Basic " + base64.b64encode(credentials.encode()).decode())
+    return parts, "\r\n".join(lines)
+
+
+def _request_head(url_lines: str, length: int, headers: dict[str, str]) -> bytes:
+    lines = [url_lines, f"Content-Length: {length}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

@@ -297,13 +297,14 @@ async def hotpath(quick: bool, before: Path | None = None) -> list[Row]:
                     )
         finally:
             client.close()
-        chunk_cpu: dict[str, list[float]] = {s.name: [] for s in gateways}
+        floor = stack.enter_context(tcp_relay(instant))
+        await measure_idle(floor, 2.0 if quick else 4.0)
+        chunk_cpu: dict[str, list[float]] = {s.name: [] for s in (floor, *gateways)}
         for _ in range(windows):
-            for server in gateways:
+            for server in (floor, *gateways):
                 chunk_cpu[server.name].append(
                     await cpu_per_chunk(server, 8, streams=48 if quick else 96)
                 )
-        floor = stack.enter_context(tcp_relay(instant))
         targets = [instant, floor, *gateways]
         interleaved = await added_latency(targets, rounds=300 if quick else 1000)
         latency = await added_latency(targets, rounds=6 if quick else 20, block=50)
@@ -350,6 +351,17 @@ def _cpu_rows(
             "ms",
             f"added ≤ 0.5 ms (added {added:.2f})",
             added <= 0.5,
+        ),
+        # What relaying a chunk costs on this machine at all (a read from one socket, a
+        # write to another, one Python callback): the gateway's figure is this floor
+        # plus its own work on the chunk (HTTP framing both ways, the route's relay).
+        Row(
+            "hot path",
+            "CPU per streamed chunk, TCP relay",
+            statistics.median(chunk_cpu["tcp relay"]),
+            per_chunk,
+            "µs",
+            "report (baseline: a bare TCP relay)",
         ),
         # What one more hop costs on this machine at all: the gateway's added latency
         # is this floor plus its own work.

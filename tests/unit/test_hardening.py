@@ -43,6 +43,9 @@ async def test_bounds_are_checked_before_the_engine(make_gateway, upstream):
         assert_openai_error(await gateway.post("/v1/completions", json=completion), 400)["param"]
         == "best_of"
     )
+    # A bounded field the chat request does not declare is bounded all the same.
+    undeclared = await gateway.post("/v1/chat/completions", json={**CHAT, "best_of": 3})
+    assert assert_openai_error(undeclared, 400)["param"] == "best_of"
     assert not upstream.seen
     assert (
         await gateway.post("/v1/chat/completions", json={**CHAT, "max_tokens": 100})
