@@ -21,6 +21,7 @@ from tests.bench.gguf_bases import gguf_bases
 from tests.bench.hotpath import hotpath
 from tests.bench.llamacpp_adapters import llamacpp_adapters
 from tests.bench.llamacpp_server import llamacpp_server
+from tests.bench.lora_size import lora_size
 from tests.bench.suites import Row, adapters, gateway_overhead, real_engines, tuner
 from tests.bench.tool_calls import tool_calls
 from tests.bench.training import training
@@ -89,6 +90,8 @@ async def run(suite: str, quick: bool, before: Path | None = None) -> list[Row]:
         rows += await tool_calls(quick)
     if suite in ("gguf-bases", "all"):
         rows += await gguf_bases(quick)
+    if suite in ("lora-size", "all"):
+        rows += await lora_size(quick)
     return rows
 
 
@@ -110,6 +113,7 @@ def main() -> int:
             "trial",
             "tool-calls",
             "gguf-bases",
+            "lora-size",
             "all",
         ),
         default="all",
