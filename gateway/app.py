@@ -21,6 +21,7 @@ from gateway.routes import (
     responses,
     ui,
 )
+from gateway.routes.lean import LeanInference
 from gateway.routes.openapi import install_openapi
 from gateway.runtime import GatewayRuntime, build_runtime
 from gateway.security import JSON, MULTIPART, SecurityMiddleware, SecurityPolicy
@@ -77,6 +78,8 @@ def create_app(
     app.include_router(operations.router)
     app.include_router(ui.router)
     install_openapi(app, runtime_details=[fine_tunes.document_upload_limits])
+    # Added first = runs last, after every check below: the forwarded routes' common case.
+    app.add_middleware(LeanInference, routes=inference.LEAN_ROUTES)
     # Added last = runs first: the key is checked before the body is read.
     app.add_middleware(
         BodyLimitMiddleware,

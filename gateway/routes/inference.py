@@ -11,7 +11,6 @@ from gateway.catalog import ModelEntry
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, OpenAIRequest
 from gateway.routes.deps import runtime_of
 from gateway.routes.disconnect import ClientDisconnected, unless_disconnected
-from gateway.routes.lean import lean_route
 from gateway.routes.openapi import errors, event_stream
 from gateway.routes.replies import to_http_response
 from gateway.runtime import GatewayRuntime
@@ -39,20 +38,19 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     return await _forward("/v1/completions", body, request)
 
 
-# Served by a LeanRoute: plain ASGI for the common case, these handlers for the rest
-# (a body that does not validate, another content type), so that every answer and
-# error is FastAPI's own and the OpenAPI document describes them as before.
-for _path, _endpoint, _model in (
-    ("/v1/chat/completions", create_chat_completion, ChatCompletionRequest),
-    ("/v1/completions", create_completion, CompletionRequest),
+# The forwarded routes. Their common case (a JSON body that validates) is served by the
+# app's LeanInference middleware, before Starlette's routing; these handlers take the
+# rest (a body that does not validate, another content type), so that every answer and
+# error is FastAPI's own, and the OpenAPI document describes them as before.
+LEAN_ROUTES: dict[str, type[OpenAIRequest]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+}
+for _path, _endpoint in (
+    ("/v1/chat/completions", create_chat_completion),
+    ("/v1/completions", create_completion),
 ):
-    router.add_api_route(
-        _path,
-        _endpoint,
-        methods=["POST"],
-        responses=_FORWARDED,
-        route_class_override=lean_route(_model),
-    )
+    router.add_api_route(_path, _endpoint, methods=["POST"], responses=_FORWARDED)
 
 
 @router.get("/v1/models")

@@ -2,16 +2,20 @@
 
 FastAPI's request machinery (a ``Request``, the body parsed by ``json.loads``
 and validated again from Python objects, dependency solving, the endpoint run
-under a response wrapper) costs more CPU than everything else a forwarded
-request does. A ``LeanRoute`` is still an ``APIRoute`` (routing, the OpenAPI
-document and the schema come from it as before), but it serves a POST itself
-(``handle``): it validates the body bytes once, in pydantic's Rust parser,
-against the same request model, and forwards those bytes as they came.
+under a response wrapper) and Starlette's around it (the exception middleware's
+``Request`` and wrappers, FastAPI's exit stack, the router trying each route in
+turn) cost more CPU than everything else a forwarded request does. So
+``LeanInference``, the innermost of the app's middleware, serves a POST to a
+forwarded route itself: it validates the body bytes once, in pydantic's Rust
+parser, against the route's request model, and forwards those bytes as they came.
+The app's own middleware (drain, origin checks, API key, body limit) runs before
+it as for any request, and the routes stay FastAPI's (the OpenAPI document and
+the schema come from them).
 
-Whatever is not the common case goes to FastAPI's own handler, with the body
-replayed: a body that does not validate (so that every error reads exactly as
-before), a content type other than JSON, an empty body. Errors raised while
-forwarding go through the app's exception handlers either way.
+Whatever is not the common case goes on to FastAPI, with the body replayed: a body
+that does not validate (so that every error reads exactly as before), a content type
+other than JSON, an empty body. An error raised while forwarding is answered by the
+app's exception handler for it, as FastAPI's route would have it answered.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.forwarding import EngineReply
 from gateway.protocol import OpenAIRequest
@@ -34,25 +38,29 @@ if TYPE_CHECKING:
     from gateway.runtime import GatewayRuntime
 
 
-def lean_route(body_model: type[OpenAIRequest]) -> type[APIRoute]:
-    """An ``APIRoute`` class that serves its POSTs itself, validating them with
-    ``body_model``; its FastAPI handler (``super().handle``) takes what it does not."""
+class LeanInference:
+    """Pure ASGI: serves POSTs to ``routes`` (path -> request model) that carry JSON
+    which validates; passes everything else on to ``app``."""
 
-    class LeanRoute(APIRoute):
-        _validate = staticmethod(body_model.model_validate_json)
+    def __init__(self, app: ASGIApp, routes: dict[str, type[OpenAIRequest]]) -> None:
+        self.app = app
+        self._validators = {path: model.model_validate_json for path, model in routes.items()}
 
-        async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["method"] != "POST":  # 405, as FastAPI words it
-                await super().handle(scope, receive, send)
-                return
-            raw = await _read_body(receive)
-            body = _parsed(self._validate, scope, raw)
-            if body is None:
-                await super().handle(scope, _replaying(raw, receive), send)
-                return
-            await forward(self.path, body, raw, scope, receive, send)
-
-    return LeanRoute
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        validate = (
+            self._validators.get(scope["path"])
+            if scope["type"] == "http" and scope["method"] == "POST"
+            else None
+        )
+        if validate is None:
+            await self.app(scope, receive, send)
+            return
+        raw = await _read_body(receive)
+        body = _parsed(validate, scope, raw)
+        if body is None:
+            await self.app(scope, _replaying(raw, receive), send)
+            return
+        await forward(scope["path"], body, raw, scope, receive, send)
 
 
 async def forward(
@@ -68,7 +76,12 @@ async def forward(
     watch = _ClientWatch(receive, task)
     reply: EngineReply | None = None
     try:
-        reply = await runtime.forwarder.forward(path, body, raw)
+        try:
+            reply = await runtime.forwarder.forward(path, body, raw)
+        except Exception as error:
+            watch.stop()
+            await _answer_error(error, scope, receive, send)
+            return
         if reply.chunks is None:
             watch.stop()  # the answer is whole: nothing is left to stop
             response = Response(reply.body, status_code=reply.status, media_type=reply.media_type)
@@ -85,6 +98,21 @@ async def forward(
         watch.stop()
         if reply is not None and reply.abandon is not None:
             await reply.abandon()  # a stream not read to its end lets go of the engine
+
+
+async def _answer_error(error: Exception, scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer of the app's exception handler for ``error`` (for the closest class it
+    has one for, as Starlette's exception middleware looks it up); with none, the error
+    goes on up."""
+    handlers = scope["app"].exception_handlers
+    for kind in type(error).__mro__:
+        if kind is Exception:  # Starlette's outermost middleware answers those: a 500
+            raise error
+        if kind in handlers:
+            response = await handlers[kind](Request(scope, receive), error)
+            await response(scope, receive, send)
+            return
+    raise error
 
 
 async def _relay(reply: EngineReply, chunks: AsyncIterator[bytes], send: Send) -> None:
