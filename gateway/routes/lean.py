@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -109,7 +111,11 @@ async def _answer_error(error: Exception, scope: Scope, receive: Receive, send: 
         if kind is Exception:  # Starlette's outermost middleware answers those: a 500
             raise error
         if kind in handlers:
-            response = await handlers[kind](Request(scope, receive), error)
+            handler, request = handlers[kind], Request(scope, receive)
+            if inspect.iscoroutinefunction(handler):
+                response = await handler(request, error)
+            else:
+                response = await run_in_threadpool(handler, request, error)
             await response(scope, receive, send)
             return
     raise error

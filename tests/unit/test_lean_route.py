@@ -13,6 +13,8 @@ import json
 import httpx
 import pytest
 
+from adapters.errors import AdapterNotFoundError
+from gateway.errors import from_adapter_error
 from gateway.routes import lean
 from tests.unit.fakes import chat_completion
 
@@ -96,6 +98,35 @@ async def test_other_methods_are_405_as_before(gateway):
     answer = await gateway.get("/v1/chat/completions")
     assert answer.status_code == 405
     assert answer.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_forwarder_error_gets_the_apps_handler_for_it(gateway, handled, monkeypatch):
+    """An error class with a handler (an adapter's) is answered as that handler answers
+    it; one without (a bug) goes on to the 500 answer, OpenAI-shaped, with no details."""
+    forwarder = gateway.app.state.runtime.forwarder
+
+    async def missing_adapter(*args):  # type: ignore[no-untyped-def]
+        raise AdapterNotFoundError("x")
+
+    monkeypatch.setattr(forwarder, "forward", missing_adapter)
+    answer = await gateway.post("/v1/chat/completions", json=CHAT)
+    assert handled == ["lean"]
+    assert answer.status_code == 404
+    assert answer.json() == from_adapter_error(AdapterNotFoundError("x")).body()
+
+    async def broken(*args):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug with /secret/path in it")
+
+    monkeypatch.setattr(forwarder, "forward", broken)
+    failing = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway.app, raise_app_exceptions=False),
+        base_url="http://localhost",
+    )
+    async with failing:
+        answer = await failing.post("/v1/chat/completions", json=CHAT)
+    assert answer.status_code == 500
+    assert answer.json()["error"]["type"] == "server_error"
+    assert "secret" not in answer.text
 
 
 class EndlessStream(httpx.AsyncByteStream):
