@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tests.bench.dpo import dpo
@@ -62,36 +63,34 @@ def markdown(rows: list[Row], machine: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+Suite = Callable[[bool, Path | None], Awaitable[list[Row]]]
+
+# Every suite, in the order `all` runs them: name -> (quick, before) -> its rows.
+SUITES: dict[str, Suite] = {
+    "overhead": lambda quick, _: gateway_overhead(
+        rounds=200 if quick else 1000, duration_s=2 if quick else 6
+    ),
+    "hotpath": hotpath,
+    "engines": lambda quick, _: real_engines(rounds=10 if quick else 30),
+    "adapters": lambda quick, _: adapters(rounds=9 if quick else 18, duration_s=8 if quick else 20),
+    "tuner": lambda quick, _: tuner(quick),
+    "dpo": lambda quick, _: dpo(quick),
+    "llamacpp": lambda quick, _: llamacpp_server(quick),
+    "llamacpp-adapters": lambda quick, _: llamacpp_adapters(quick),
+    "fleet": lambda quick, _: fleet(quick),
+    "training": lambda quick, _: training(quick),
+    "trial": lambda quick, _: trial(quick),
+    "tool-calls": lambda quick, _: tool_calls(quick),
+    "gguf-bases": lambda quick, _: gguf_bases(quick),
+    "lora-size": lambda quick, _: lora_size(quick),
+}
+
+
 async def run(suite: str, quick: bool, before: Path | None = None) -> list[Row]:
     rows: list[Row] = []
-    if suite in ("overhead", "all"):
-        rows += await gateway_overhead(rounds=200 if quick else 1000, duration_s=2 if quick else 6)
-    if suite in ("hotpath", "all"):
-        rows += await hotpath(quick, before)
-    if suite in ("engines", "all"):
-        rows += await real_engines(rounds=10 if quick else 30)
-    if suite in ("adapters", "all"):
-        rows += await adapters(rounds=9 if quick else 18, duration_s=8 if quick else 20)
-    if suite in ("tuner", "all"):
-        rows += await tuner(quick)
-    if suite in ("dpo", "all"):
-        rows += await dpo(quick)
-    if suite in ("llamacpp", "all"):
-        rows += await llamacpp_server(quick)
-    if suite in ("llamacpp-adapters", "all"):
-        rows += await llamacpp_adapters(quick)
-    if suite in ("fleet", "all"):
-        rows += await fleet(quick)
-    if suite in ("training", "all"):
-        rows += await training(quick)
-    if suite in ("trial", "all"):
-        rows += await trial(quick)
-    if suite in ("tool-calls", "all"):
-        rows += await tool_calls(quick)
-    if suite in ("gguf-bases", "all"):
-        rows += await gguf_bases(quick)
-    if suite in ("lora-size", "all"):
-        rows += await lora_size(quick)
+    for name, measure in SUITES.items():
+        if suite in (name, "all"):
+            rows += await measure(quick, before)
     return rows
 
 
@@ -99,23 +98,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument(
         "--suite",
-        choices=(
-            "overhead",
-            "hotpath",
-            "engines",
-            "adapters",
-            "tuner",
-            "dpo",
-            "llamacpp",
-            "llamacpp-adapters",
-            "fleet",
-            "training",
-            "trial",
-            "tool-calls",
-            "gguf-bases",
-            "lora-size",
-            "all",
-        ),
+        choices=(*SUITES, "all"),
         default="all",
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
