@@ -78,12 +78,7 @@ async def forward(
     watch = _ClientWatch(receive, task)
     reply: EngineReply | None = None
     try:
-        try:
-            reply = await runtime.forwarder.forward(path, body, raw)
-        except Exception as error:
-            watch.stop()
-            await _answer_error(error, scope, receive, send)
-            return
+        reply = await runtime.forwarder.forward(path, body, raw)
         if reply.chunks is None:
             watch.stop()  # the answer is whole: nothing is left to stop
             response = Response(reply.body, status_code=reply.status, media_type=reply.media_type)
@@ -96,6 +91,11 @@ async def forward(
         task.uncancel()  # the work saw the cancellation and let go of what it held
         if reply is None:
             await Response(status_code=499)(scope, receive, send)  # as FastAPI's handler
+    except Exception as error:
+        if reply is not None:
+            raise  # the answer has begun: no other can be sent
+        watch.stop()
+        await _answer_error(error, scope, receive, send)
     finally:
         watch.stop()
         if reply is not None and reply.abandon is not None:

@@ -24,9 +24,7 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,9 +35,11 @@ from safetensors.numpy import save_file
 
 from gateway.engines.llamacpp import DEFAULT_SERVER_BIN
 from gateway.engines.process import free_port
+from tests.bench.hotpath import _process
 from tests.bench.llamacpp_server import LORA_MODULES
 from tests.bench.suites import BASE_CONFIG, STORY, Row
 from tests.support.adapter_factory import write_adapter
+from tests.support.gateway_process import REPO
 from tuner.export import convert
 from tuner.lora_gguf import convert_lora
 
@@ -155,22 +155,8 @@ def _server(base_gguf: Path, adapter_gguf: Path) -> Iterator[str]:
     argv = [str(DEFAULT_SERVER_BIN), "-m", str(base_gguf), "--port", str(port)]
     argv += ["--threads", threads, "--threads-batch", threads, "-c", "2048", "--no-webui"]
     argv += ["--lora", str(adapter_gguf), "--lora-init-without-apply"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"llama-server for {base_gguf} did not start") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
+    with _process("llama-server", argv, REPO, port, dict(os.environ)):
+        yield f"http://127.0.0.1:{port}"
 
 
 def _decode_in_turns(url: str, rounds: int) -> tuple[float, float]:
