@@ -43,7 +43,10 @@ CHECKS_CACHE := $(DATA_ROOT)/cache/checks/.embedded-model
 LLAMA_CPP_PYTHON := 0.3.36
 TOOLS := $(VENV)/share/tunegate
 LLAMACPP := $(TOOLS)/llama.cpp
-LLAMACPP_SOURCES := $(LLAMACPP)/CMakeLists.txt
+# Unpacked and patched: the stamp is written after our patches (patches/llama.cpp, in
+# name order) apply, and a changed patch unpacks the sources again.
+LLAMACPP_SOURCES := $(LLAMACPP)/.tunegate-sources
+LLAMACPP_PATCHES := $(sort $(wildcard patches/llama.cpp/*.patch))
 CONVERTER := $(LLAMACPP)/convert_hf_to_gguf.py
 LLAMA_SERVER := $(LLAMACPP)/build/bin/llama-server
 # llama.cpp's quantiser, for the exports the converter cannot write (q4_k_m).
@@ -52,8 +55,8 @@ LLAMA_QUANTIZE := $(LLAMACPP)/build/bin/llama-quantize
 # llama.cpp is compiled at set-up (llama-server and llama-quantize): without a
 # compiler and cmake, say so at once in one line.
 CHECK_TOOLCHAIN = command -v cmake >/dev/null && command -v "$${CXX:-c++}" >/dev/null && \
-	command -v "$${CC:-cc}" >/dev/null || { echo ">> set-up needs a C/C++ compiler and cmake" \
-	"to build llama.cpp, and one is missing (Debian/Ubuntu: apt-get install g++ cmake)"; exit 1; }
+	command -v "$${CC:-cc}" >/dev/null && command -v patch >/dev/null || { echo ">> set-up needs a C/C++" \
+	"compiler, cmake and patch to build llama.cpp, and one is missing (Debian/Ubuntu: apt-get install g++ cmake patch)"; exit 1; }
 
 .PHONY: setup toolchain browser serve test test-unit test-e2e test-pending test-long bench lint clean
 
@@ -103,8 +106,9 @@ $(CHECKS_CACHE): $(MODEL)
 	touch $@
 
 # llama.cpp's sources from the llama-cpp-python sdist (not its test models and docs),
-# once: a download, nothing is built from the sdist itself.
-$(LLAMACPP_SOURCES): | $(INSTALLED)
+# once: a download, nothing is built from the sdist itself. Then our patches.
+$(LLAMACPP_SOURCES): $(LLAMACPP_PATCHES) | $(INSTALLED)
+	@$(CHECK_TOOLCHAIN)
 	@echo ">> fetching llama.cpp's sources from the llama-cpp-python $(LLAMA_CPP_PYTHON) sdist (once)"
 	rm -rf $(TOOLS)/sdist && mkdir -p $(TOOLS)/sdist
 	$(PIP) download --quiet --no-binary :all: --no-deps -d $(TOOLS)/sdist \
@@ -114,6 +118,9 @@ $(LLAMACPP_SOURCES): | $(INSTALLED)
 		--exclude='*/vendor/llama.cpp/media' '*/vendor/llama.cpp/*'
 	rm -rf $(LLAMACPP) && mv $(TOOLS)/sdist/llama_cpp_python-*/vendor/llama.cpp $(LLAMACPP)
 	rm -rf $(TOOLS)/sdist
+	@for p in $(LLAMACPP_PATCHES); do echo ">> patching llama.cpp: $$p"; \
+		patch --quiet --forward -p1 -d $(LLAMACPP) < $$p || exit 1; done
+	touch $@
 
 # The converter that matches the compiled llama.cpp comes with the sources.
 $(CONVERTER): | $(LLAMACPP_SOURCES)
@@ -127,11 +134,11 @@ LLAMA_SERVER_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mn
 LLAMA_SERVER_GPU := $(if $(filter Darwin,$(UNAME)),-DGGML_METAL=ON)
 # A built llama-server is kept in a per-user cache, as pip keeps the wheels it builds, so a
 # new clone or venv on the same machine copies it instead of compiling again. The key names
-# everything the binary depends on: the llama.cpp version, the flags, the compiler and the
+# everything the binary depends on: the llama.cpp version, our patches, the flags, the compiler and the
 # CPU (the build targets this machine's instruction set); the binaries are linked statically.
 LLAMA_SERVER_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tunegate/llama-server
-$(LLAMA_SERVER): | $(LLAMACPP_SOURCES)
-	@key=$$( { echo "$(LLAMA_CPP_PYTHON) llama-server llama-quantize"; \
+$(LLAMA_SERVER): $(LLAMACPP_SOURCES)
+	@key=$$( { echo "$(LLAMA_CPP_PYTHON) llama-server llama-quantize"; cat $(LLAMACPP_PATCHES); \
 		echo "$(LLAMA_SERVER_CFLAGS)$(if $(LLAMA_SERVER_GPU), $(LLAMA_SERVER_GPU))"; uname -m; "$${CXX:-c++}" --version 2>/dev/null | head -n 1; \
 		grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null; } | $(SHA256) | cut -c1-16 ) && \
 	cached=$(LLAMA_SERVER_CACHE)/$$key && \

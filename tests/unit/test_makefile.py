@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.gateway_process import REPO
 
-MISSING = "set-up needs a C/C++ compiler and cmake"
+MISSING = "set-up needs a C/C++ compiler, cmake and patch"
 
 
 def make_toolchain(**env: str) -> subprocess.CompletedProcess:
@@ -30,7 +30,7 @@ def test_a_missing_compiler_is_one_clear_line(missing):
     assert result.returncode != 0
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and MISSING in lines[0], result.stdout
-    assert "apt-get install g++ cmake" in lines[0]
+    assert "apt-get install g++ cmake patch" in lines[0]
 
 
 @pytest.mark.skipif(
