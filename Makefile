@@ -43,10 +43,12 @@ CHECKS_CACHE := $(DATA_ROOT)/cache/checks/.embedded-model
 LLAMA_CPP_PYTHON := 0.3.36
 TOOLS := $(VENV)/share/tunegate
 LLAMACPP := $(TOOLS)/llama.cpp
-# Unpacked and patched: the stamp is written after our patches (patches/llama.cpp, in
-# name order) apply, and a changed patch unpacks the sources again.
-LLAMACPP_SOURCES := $(LLAMACPP)/.tunegate-sources
+# Unpacked and patched: the stamp is written once our patches (patches/llama.cpp, in
+# name order) apply, and it is named by their checksum, so that a patch added, changed
+# or removed unpacks the sources again.
 LLAMACPP_PATCHES := $(sort $(wildcard patches/llama.cpp/*.patch))
+LLAMACPP_PATCHES_SUM := $(shell cat /dev/null $(LLAMACPP_PATCHES) | $(SHA256) | cut -c1-16)
+LLAMACPP_SOURCES := $(LLAMACPP)/.tunegate-sources-$(LLAMACPP_PATCHES_SUM)
 CONVERTER := $(LLAMACPP)/convert_hf_to_gguf.py
 LLAMA_SERVER := $(LLAMACPP)/build/bin/llama-server
 # llama.cpp's quantiser, for the exports the converter cannot write (q4_k_m).
@@ -107,7 +109,7 @@ $(CHECKS_CACHE): $(MODEL)
 
 # llama.cpp's sources from the llama-cpp-python sdist (not its test models and docs),
 # once: a download, nothing is built from the sdist itself. Then our patches.
-$(LLAMACPP_SOURCES): $(LLAMACPP_PATCHES) | $(INSTALLED)
+$(LLAMACPP_SOURCES): | $(INSTALLED)
 	@$(CHECK_TOOLCHAIN)
 	@echo ">> fetching llama.cpp's sources from the llama-cpp-python $(LLAMA_CPP_PYTHON) sdist (once)"
 	rm -rf $(TOOLS)/sdist && mkdir -p $(TOOLS)/sdist
@@ -119,7 +121,7 @@ $(LLAMACPP_SOURCES): $(LLAMACPP_PATCHES) | $(INSTALLED)
 	rm -rf $(LLAMACPP) && mv $(TOOLS)/sdist/llama_cpp_python-*/vendor/llama.cpp $(LLAMACPP)
 	rm -rf $(TOOLS)/sdist
 	@for p in $(LLAMACPP_PATCHES); do echo ">> patching llama.cpp: $$p"; \
-		patch --quiet --forward -p1 -d $(LLAMACPP) < $$p || exit 1; done
+		patch --quiet --forward --fuzz=0 -p1 -d $(LLAMACPP) < $$p || exit 1; done
 	touch $@
 
 # The converter that matches the compiled llama.cpp comes with the sources.
@@ -138,7 +140,7 @@ LLAMA_SERVER_GPU := $(if $(filter Darwin,$(UNAME)),-DGGML_METAL=ON)
 # CPU (the build targets this machine's instruction set); the binaries are linked statically.
 LLAMA_SERVER_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tunegate/llama-server
 $(LLAMA_SERVER): $(LLAMACPP_SOURCES)
-	@key=$$( { echo "$(LLAMA_CPP_PYTHON) llama-server llama-quantize"; cat $(LLAMACPP_PATCHES); \
+	@key=$$( { echo "$(LLAMA_CPP_PYTHON) llama-server llama-quantize $(LLAMACPP_PATCHES_SUM)"; \
 		echo "$(LLAMA_SERVER_CFLAGS)$(if $(LLAMA_SERVER_GPU), $(LLAMA_SERVER_GPU))"; uname -m; "$${CXX:-c++}" --version 2>/dev/null | head -n 1; \
 		grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null; } | $(SHA256) | cut -c1-16 ) && \
 	cached=$(LLAMA_SERVER_CACHE)/$$key && \

@@ -2,15 +2,17 @@
 
 On a decode step the patched CPU backend computes an adapted product and its adapter
 as one node. ``GGML_CPU_DISABLE_FUSION=1`` runs the same binary on llama.cpp's own
-nodes (a product, then four per adapter). Both servers get the embedded model in f16
-and the same two adapters; their greedy answers and log-probabilities are compared:
-one adapter, two at once, and two sequences decoded in one batch.
+nodes (a product, then four per adapter). Both servers get the embedded model and
+the same two adapters; their greedy answers and log-probabilities are compared: one
+adapter, two at once, and two sequences decoded in one batch.
 
-The base is f16, not the package's Q4_1: a quantised base quantises each layer's input
-to 8 bits in blocks, so a difference in the last bit of one input (the two ways add in
-different orders) can move a rounding step and grow from layer to layer; on the Q4_1
-base the log-probabilities of the two ways drift apart by up to 0.1 within 24 tokens,
-on either way's own arithmetic.
+The embedded model in f32 (its product reads x as it is) and in f16 (x is packed into
+the product's type first, by each thread a part, as ggml's product does), not the
+package's Q4_1: a quantised base quantises each layer's input to 8 bits in blocks, so a
+difference in the last bit of one input (the two ways add in different orders) can
+move a rounding step and grow from layer to layer; on the Q4_1 base the log-probabilities
+of the two ways drift apart by up to 0.13 within 24 tokens, whichever is right. The
+Q4_1 base with a trained adapter is test_llamacpp_adapters.py's parity test.
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ TOKENS = 24
 LOGPROB_TOLERANCE = 0.01
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[dict[str, str]]:
+@pytest.fixture(scope="module", params=["f32", "f16"])
+def servers(request) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
     with tempfile.TemporaryDirectory(prefix="tunegate-lora-fusion-") as scratch:
-        base = convert(BASE_DIR, Path(scratch) / "base-f32.gguf", "f32")
+        base = convert(BASE_DIR, Path(scratch) / f"base-{request.param}.gguf", request.param)
         adapters = []
         for seed, rank, modules in ((1, 8, ALL_LINEAR), (2, 16, ("q_proj", "v_proj"))):
             folder = write_adapter(
@@ -103,33 +105,55 @@ def _wait_healthy(url: str, process: subprocess.Popen, log_path: Path) -> None:
     raise AssertionError(f"llama-server did not become healthy: {log_path}")
 
 
-def _answer(url: str, prompt: str, scales: tuple[float, float]) -> tuple[str, list[float]]:
+# What a server said at each position: the token it chose, and the log-probabilities of
+# its most likely tokens there.
+Steps = list[tuple[str, dict[str, float]]]
+
+
+def _answer(url: str, prompt: str, scales: tuple[float, float]) -> Steps:
     body = {
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": TOKENS,
         "temperature": 0,
         "logprobs": True,
+        "top_logprobs": 5,
         "lora": [{"id": i, "scale": s} for i, s in enumerate(scales)],
     }
     reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=300, trust_env=False)
     reply.raise_for_status()
-    choice = reply.json()["choices"][0]
-    return choice["message"]["content"], [t["logprob"] for t in choice["logprobs"]["content"]]
+    steps = reply.json()["choices"][0]["logprobs"]["content"]
+    return [(s["token"], {t["token"]: t["logprob"] for t in s["top_logprobs"]}) for s in steps]
 
 
-def _answers(url: str, scales: tuple[float, float]) -> list[tuple[str, list[float]]]:
+def _answers(url: str, scales: tuple[float, float]) -> list[Steps]:
     """Both prompts at once: with two slots, they are decoded in one batch."""
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
         return list(pool.map(lambda prompt: _answer(url, prompt, scales), PROMPTS))
 
 
+def _same_distributions(fused: Steps, unfused: Steps) -> int:
+    """How many tokens the two answers share, checking at each position, up to and
+    including the first where they part, that both servers gave both chosen tokens the
+    same log-probability. llama.cpp's answers depend in the last bits on how a step was
+    batched (its own way too: the same request twice can part at a near tie), so the
+    answers may part where two tokens are as likely; past that, they continue different
+    texts and are not compared."""
+    for position, ((token, top), (other_token, other_top)) in enumerate(
+        zip(fused, unfused, strict=False)
+    ):
+        for chosen in {token, other_token}:
+            assert chosen in top and chosen in other_top, (position, top, other_top)
+            assert abs(top[chosen] - other_top[chosen]) < LOGPROB_TOLERANCE, (position, chosen)
+        if token != other_token:
+            return position
+    return min(len(fused), len(unfused))
+
+
 @pytest.mark.parametrize("scales", [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)], ids=str)
 def test_fused_adapters_answer_as_llamacpps_own_nodes(servers, scales):
     fused, unfused = _answers(servers["fused"], scales), _answers(servers["unfused"], scales)
-    base = _answers(servers["fused"], (0.0, 0.0))
-    for (text, logprobs), (expected_text, expected_logprobs) in zip(fused, unfused, strict=True):
-        assert text == expected_text
-        differences = [abs(a - b) for a, b in zip(logprobs, expected_logprobs, strict=True)]
-        assert differences and max(differences) < LOGPROB_TOLERANCE
+    shared = [_same_distributions(f, u) for f, u in zip(fused, unfused, strict=True)]
+    assert sum(shared) >= TOKENS, shared  # most of the two answers, compared token by token
     # the adapters change what is said, so the comparison above saw them applied
-    assert [text for text, _ in fused] != [text for text, _ in base]
+    base = _answers(servers["fused"], (0.0, 0.0))
+    assert [[t for t, _ in a] for a in fused] != [[t for t, _ in a] for a in base]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 
@@ -42,17 +43,20 @@ def test_llamacpp_is_compiled_from_the_pinned_sources_and_never_installed_for_se
     sources; the Python package itself (an 8-minute compile) is for `make bench` only."""
     import tomllib
 
-    sources = dry_run("/nonexistent-venv/share/tunegate/llama.cpp/.tunegate-sources")
+    # our patches, applied to the unpacked sources in name order; their checksum names the
+    # sources' stamp (a patch added, changed or removed unpacks them again) and is in the
+    # build cache's key
+    patch_files = sorted((REPO / "patches" / "llama.cpp").glob("*.patch"))
+    patches = " ".join(str(p.relative_to(REPO)) for p in patch_files)
+    checksum = hashlib.sha256(b"".join(p.read_bytes() for p in patch_files)).hexdigest()[:16]
+    sources = dry_run(f"/nonexistent-venv/share/tunegate/llama.cpp/.tunegate-sources-{checksum}")
     download = sources[sources.index("pip download") :]
-    build = dry_run("/nonexistent-venv/share/tunegate/llama.cpp/build/bin/llama-server")
-    assert "--target llama-server llama-quantize" in build
-    # our patches, applied to the unpacked sources in name order, and in the build cache's key
-    patches = " ".join(
-        str(p.relative_to(REPO)) for p in sorted((REPO / "patches" / "llama.cpp").glob("*.patch"))
-    )
     assert patches and f"for p in {patches}; do" in download
     assert download.index("tar -xzf") < download.index(f"for p in {patches}")
-    assert f"cat {patches};" in build
+    assert "patch --quiet --forward --fuzz=0 -p1" in download
+    build = dry_run("/nonexistent-venv/share/tunegate/llama.cpp/build/bin/llama-server")
+    assert "--target llama-server llama-quantize" in build
+    assert f"llama-server llama-quantize {checksum}" in build
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert not [d for d in project["dependencies"] if d.startswith("llama-cpp-python")]
     (bench_pin,) = project["optional-dependencies"]["bench"]
