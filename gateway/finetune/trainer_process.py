@@ -89,6 +89,7 @@ class TrainerProcess:
         self._guard = guard
         self.log_path = run_dir / "trainer.log"
         self._process: asyncio.subprocess.Process | None = None
+        self._stop_asked = False
 
     @property
     def pid(self) -> int | None:
@@ -96,6 +97,8 @@ class TrainerProcess:
 
     async def start(self) -> None:
         self._process = await spawn_trainer(self.command, self.log_path, self._guard)
+        if self._stop_asked:  # a cancel came while the process was being started
+            await self.terminate()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         assert self._process is not None and self._process.stdout is not None
@@ -118,6 +121,9 @@ class TrainerProcess:
         request_pause(self.run_dir)
 
     async def terminate(self, grace_s: float = 5.0) -> None:
+        """Stop the trainer; asked before its process exists, ``start`` stops it once it
+        does (else a job cancelled as it starts would train to its end, unseen)."""
+        self._stop_asked = True
         if self._process is None or self._process.returncode is not None:
             return
         pgid = self._process.pid

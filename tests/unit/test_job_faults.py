@@ -208,6 +208,35 @@ async def test_a_cancel_during_validation_stays_cancelled(make_gateway, started)
     assert not trainers_of(job_id)
 
 
+async def test_a_cancel_while_the_trainer_starts_stops_it(make_gateway, started, monkeypatch):
+    """The cancel comes while the trainer's process is being started (it has no pid yet):
+    it is stopped as soon as it exists, not left to train a cancelled job to its end."""
+    from gateway.finetune import trainer_process
+
+    spawning, go_on = asyncio.Event(), asyncio.Event()
+    spawn = trainer_process.spawn_trainer
+
+    async def slow_spawn(*args: Any, **kwargs: Any) -> Any:
+        spawning.set()
+        await go_on.wait()
+        return await spawn(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_process, "spawn_trainer", slow_spawn)
+    gateway = make_gateway()
+    job_id, _ = await job_with_file(gateway, n_epochs=3)
+    started(gateway)
+    await asyncio.wait_for(spawning.wait(), WAIT_S)
+    cancelled = await gateway.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
+    assert cancelled.json()["status"] == "cancelled"
+    go_on.set()
+    await idle(gateway)
+    job = (await gateway.get(f"/v1/fine_tuning/jobs/{job_id}")).json()
+    assert job["status"] == "cancelled"
+    assert not trainers_of(job_id)
+    events = (await gateway.get(f"/v1/fine_tuning/jobs/{job_id}/events")).json()["data"]
+    assert not [e for e in events if e["type"] == "metrics"]  # it never trained
+
+
 # --- training ---------------------------------------------------------------------------------
 
 
