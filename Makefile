@@ -136,8 +136,9 @@ LLAMA_SERVER_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mn
 LLAMA_SERVER_GPU := $(if $(filter Darwin,$(UNAME)),-DGGML_METAL=ON)
 # A built llama-server is kept in a per-user cache, as pip keeps the wheels it builds, so a
 # new clone or venv on the same machine copies it instead of compiling again. The key names
-# everything the binary depends on: the llama.cpp version, our patches, the flags, the compiler and the
-# CPU (the build targets this machine's instruction set); the binaries are linked statically.
+# everything the binary depends on: the llama.cpp version, our patches, the flags, the
+# compiler and the CPU (the build targets this machine's instruction set); the binaries are
+# linked statically.
 LLAMA_SERVER_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tunegate/llama-server
 $(LLAMA_SERVER): $(LLAMACPP_SOURCES)
 	@key=$$( { echo "$(LLAMA_CPP_PYTHON) llama-server llama-quantize $(LLAMACPP_PATCHES_SUM)"; \

@@ -23,25 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import tempfile
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 
-from gateway.engines.llamacpp import DEFAULT_SERVER_BIN
-from gateway.engines.process import free_port
-from tests.bench.hotpath import _process
 from tests.bench.llamacpp_server import LORA_MODULES
 from tests.bench.suites import BASE_CONFIG, STORY, Row
 from tests.support.adapter_factory import write_adapter
-from tests.support.gateway_process import REPO
+from tests.support.llama_server import llama_server
 from tuner.export import convert
 from tuner.lora_gguf import convert_lora
 
@@ -76,7 +70,7 @@ async def lora_size(quick: bool) -> list[Row]:
     for name, shape in SHAPES.items():
         base_gguf, adapter_gguf = await asyncio.to_thread(_prepared, name, shape)
         for fused in (True, False):
-            with _server(base_gguf, adapter_gguf, fused) as url:
+            with llama_server(base_gguf, [adapter_gguf], fused) as url:
                 base, adapted = await asyncio.to_thread(_decode_in_turns, url, rounds)
             goal = "≥ 0.9× base" if shape is None else "report (≥ 0.9× base)"
             how = "" if fused else ", llama.cpp's own nodes (fusion off)"
@@ -150,22 +144,6 @@ def _random_base(folder: Path, shape: dict[str, int]) -> Path:
         }
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
-
-
-@contextmanager
-def _server(base_gguf: Path, adapter_gguf: Path, fused: bool) -> Iterator[str]:
-    """llama-server with the adapter loaded, unapplied until a request chooses it; with
-    our fused LoRA path, or (``GGML_CPU_DISABLE_FUSION``) on llama.cpp's own nodes."""
-    port = free_port()
-    threads = str(os.cpu_count() or 1)
-    argv = [str(DEFAULT_SERVER_BIN), "-m", str(base_gguf), "--port", str(port)]
-    argv += ["--threads", threads, "--threads-batch", threads, "-c", "2048", "--no-webui"]
-    argv += ["--lora", str(adapter_gguf), "--lora-init-without-apply"]
-    env = {k: v for k, v in os.environ.items() if k != "GGML_CPU_DISABLE_FUSION"}
-    if not fused:
-        env["GGML_CPU_DISABLE_FUSION"] = "1"
-    with _process("llama-server", argv, REPO, port, env):
-        yield f"http://127.0.0.1:{port}"
 
 
 def _decode_in_turns(url: str, rounds: int) -> tuple[float, float]:

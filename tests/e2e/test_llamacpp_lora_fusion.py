@@ -17,21 +17,16 @@ Q4_1 base with a trained adapter is test_llamacpp_adapters.py's parity test.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from gateway.engines.llamacpp import DEFAULT_SERVER_BIN
-from gateway.engines.process import free_port
 from tests.support.adapter_factory import write_adapter
+from tests.support.llama_server import llama_server
 from tests.support.training import BASE_DIR
 from tuner.export import convert
 from tuner.lora_gguf import convert_lora
@@ -64,45 +59,10 @@ def servers(request) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def
             )
             adapters.append(convert_lora(folder, BASE_DIR, Path(scratch) / f"{seed}.gguf"))
         with (
-            _llama_server(base, adapters, Path(scratch) / "fused.log", fusion=True) as fused,
-            _llama_server(base, adapters, Path(scratch) / "unfused.log", fusion=False) as unfused,
+            llama_server(base, adapters, fused=True, parallel=2) as fused,
+            llama_server(base, adapters, fused=False, parallel=2) as unfused,
         ):
             yield {"fused": fused, "unfused": unfused}
-
-
-@contextmanager
-def _llama_server(base: Path, adapters: list[Path], log_path: Path, fusion: bool) -> Iterator[str]:
-    port = free_port()
-    argv = [str(DEFAULT_SERVER_BIN), "-m", str(base), "--port", str(port)]
-    argv += ["-c", "2048", "-np", "2", "--threads", "2", "--no-webui"]
-    for adapter in adapters:
-        argv += ["--lora", str(adapter)]
-    argv += ["--lora-init-without-apply"]
-    env = {k: v for k, v in os.environ.items() if k != "GGML_CPU_DISABLE_FUSION"}
-    if not fusion:
-        env["GGML_CPU_DISABLE_FUSION"] = "1"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, process, log_path)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
-        try:
-            if httpx.get(url + "/health", timeout=2, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"llama-server did not become healthy: {log_path}")
 
 
 # What a server said at each position: the token it chose, and the log-probabilities of
