@@ -74,12 +74,13 @@ def trained_adapters(gateway: GatewayProcess, import_dir: Path) -> dict[str, str
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
-    """A failed test shows what the shared gateway logged last: a failure seen only
-    in CI can be read from its output."""
+    """A failed test shows what its gateways (the shared one, a module's own) logged
+    last: a failure seen only in CI can be read from its output."""
     report = yield
-    gateway = getattr(item, "funcargs", {}).get("gateway")
-    if report.failed and isinstance(gateway, GatewayProcess):
-        report.sections.append(("the gateway's log, last lines", gateway.log_tail(40)))
+    if report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, GatewayProcess):
+                report.sections.append((f"{name}'s log, last lines", value.log_tail(40)))
     return report
 
 

@@ -27,6 +27,7 @@ import pytest
 
 from tests.support.adapter_factory import write_adapter
 from tests.support.llama_server import llama_server
+from tests.support.logprobs import Steps, shared_tokens, steps_of
 from tests.support.training import BASE_DIR
 from tuner.export import convert
 from tuner.lora_gguf import convert_lora
@@ -65,11 +66,6 @@ def servers(request) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def
             yield {"fused": fused, "unfused": unfused}
 
 
-# What a server said at each position: the token it chose, and the log-probabilities of
-# its most likely tokens there.
-Steps = list[tuple[str, dict[str, float]]]
-
-
 def _answer(url: str, prompt: str, scales: tuple[float, float]) -> Steps:
     body = {
         "messages": [{"role": "user", "content": prompt}],
@@ -81,8 +77,7 @@ def _answer(url: str, prompt: str, scales: tuple[float, float]) -> Steps:
     }
     reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=300, trust_env=False)
     reply.raise_for_status()
-    steps = reply.json()["choices"][0]["logprobs"]["content"]
-    return [(s["token"], {t["token"]: t["logprob"] for t in s["top_logprobs"]}) for s in steps]
+    return steps_of(reply.json()["choices"][0]["logprobs"]["content"])
 
 
 def _answers(url: str, scales: tuple[float, float]) -> list[Steps]:
@@ -91,28 +86,10 @@ def _answers(url: str, scales: tuple[float, float]) -> list[Steps]:
         return list(pool.map(lambda prompt: _answer(url, prompt, scales), PROMPTS))
 
 
-def _same_distributions(fused: Steps, unfused: Steps) -> int:
-    """How many tokens the two answers share, checking at each position, up to and
-    including the first where they part, that both servers gave both chosen tokens the
-    same log-probability. llama.cpp's answers depend in the last bits on how a step was
-    batched (its own way too: the same request twice can part at a near tie), so the
-    answers may part where two tokens are as likely; past that, they continue different
-    texts and are not compared."""
-    for position, ((token, top), (other_token, other_top)) in enumerate(
-        zip(fused, unfused, strict=False)
-    ):
-        for chosen in {token, other_token}:
-            assert chosen in top and chosen in other_top, (position, top, other_top)
-            assert abs(top[chosen] - other_top[chosen]) < LOGPROB_TOLERANCE, (position, chosen)
-        if token != other_token:
-            return position
-    return min(len(fused), len(unfused))
-
-
 @pytest.mark.parametrize("scales", [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)], ids=str)
 def test_fused_adapters_answer_as_llamacpps_own_nodes(servers, scales):
     fused, unfused = _answers(servers["fused"], scales), _answers(servers["unfused"], scales)
-    shared = [_same_distributions(f, u) for f, u in zip(fused, unfused, strict=True)]
+    shared = [shared_tokens(f, u, LOGPROB_TOLERANCE) for f, u in zip(fused, unfused, strict=True)]
     assert sum(shared) >= TOKENS, shared  # most of the two answers, compared token by token
     # the adapters change what is said, so the comparison above saw them applied
     base = _answers(servers["fused"], (0.0, 0.0))
