@@ -9,7 +9,11 @@
                                                   times; then failed)
 
 Every status change is a transition of ``job_states`` (compare and set): a
-job cancelled while its trainer stops stays cancelled. Whatever the run
+job cancelled while its trainer stops stays cancelled, and what its trainer
+said last (a checkpoint, a step) changes nothing once the job left
+``running``; ``terminate`` returns only once the run has stopped handling its
+trainer's events, so a cancel that then removes the job's checkpoint models
+leaves none behind. Whatever the run
 raises (a handler's bug, a database that cannot be written), the trainer is
 stopped before the exception leaves ``run``: no orphan keeps training while
 its slot goes to the next job; the stage guard then fails the job.
@@ -62,8 +66,20 @@ TRAIN_METRIC_LABELS = {
 }
 VALID_METRIC_FIELDS = ("valid_mean_token_accuracy", "valid_reward_accuracy", "valid_reward_margin")
 
+# How long stopping a job waits for its run to finish the event it is handling (say, a
+# checkpoint being registered) once its trainer stopped.
+_HANDLING_TIMEOUT_S = 120.0
+
 # (job id, the trainer's result event, the step metrics of the whole job)
 Succeed = Callable[[str, dict[str, Any], list[dict[str, Any]]], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class _Training:
+    """A job's trainer, and when its run has handled the last of its events."""
+
+    trainer: TrainerProcess
+    handled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -99,7 +115,7 @@ class TrainingRunner:
         self._succeed = succeed
         self._hooks = hooks
         self.trainer_module = trainer_module  # tests run a stand-in
-        self._trainers: dict[str, TrainerProcess] = {}
+        self._trainings: dict[str, _Training] = {}
         self._stopping = False
 
     # --- one run ----------------------------------------------------------------
@@ -126,19 +142,21 @@ class TrainingRunner:
         )
         trainer = TrainerProcess(run_dir, command, self._guard)
         state = _Run(again=runs > 1)
-        self._trainers[job_id] = trainer
+        training = self._trainings[job_id] = _Training(trainer)
         try:
             await trainer.start()
             async for event in trainer.events():
                 handler = self._handlers().get(event["type"])
-                if handler is not None:
+                # A job cancelled or failed meanwhile: its trainer's last words change nothing.
+                if handler is not None and self._store.get(job_id)["status"] == "running":
                     await handler(job_id, event, state)
             returncode = await trainer.wait()
         except BaseException:
             await trainer.terminate()  # never an orphan trainer in a slot given to another job
             raise
         finally:
-            self._trainers.pop(job_id, None)
+            self._trainings.pop(job_id, None)
+            training.handled.set()
         return await self._after_run(job_id, state, returncode)
 
     async def _after_run(self, job_id: str, state: _Run, returncode: int) -> bool:
@@ -228,20 +246,26 @@ class TrainingRunner:
         request_pause(self._run_dir(job_id))
 
     async def terminate(self, job_id: str) -> None:
-        """Stop the job's trainer, if one runs (a cancel, or a stage that failed)."""
-        trainer = self._trainers.get(job_id)
-        if trainer is not None:
-            await trainer.terminate()
+        """Stop the job's trainer, if one runs (a cancel, or a stage that failed), and wait
+        until its run has finished handling the events it read before the stop."""
+        training = self._trainings.get(job_id)
+        if training is None:
+            return
+        await training.trainer.terminate()
+        try:
+            await asyncio.wait_for(training.handled.wait(), _HANDLING_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("job %s: its run still handles its trainer's events", job_id)
 
     async def stop(self) -> None:
         """The gateway is stopping: stop every trainer; each job resumes at the next start."""
         self._stopping = True
-        for job_id in self._trainers:
+        for job_id in self._trainings:
             self._store.update(job_id, _stopped_by_shutdown=True)
-        await asyncio.gather(*(t.terminate() for t in list(self._trainers.values())))
+        await asyncio.gather(*(t.trainer.terminate() for t in list(self._trainings.values())))
 
     def is_training(self, job_id: str) -> bool:
-        return job_id in self._trainers
+        return job_id in self._trainings
 
     # --- events -----------------------------------------------------------------
     def _handlers(self) -> dict[str, Callable[[str, dict[str, Any], _Run], Awaitable[None]]]:

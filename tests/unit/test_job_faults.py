@@ -237,6 +237,37 @@ async def test_a_cancel_while_the_trainer_starts_stops_it(make_gateway, started,
     assert not [e for e in events if e["type"] == "metrics"]  # it never trained
 
 
+async def test_a_cancel_while_a_checkpoint_is_registered_leaves_no_checkpoint_model(
+    make_gateway, started, trainer_options, monkeypatch
+):
+    """The cancel comes while the run registers a checkpoint its trainer announced: the
+    cancel goes on once that is done, so the job's checkpoint models it then removes
+    include this one, and what the stopped trainer said last is not handled."""
+    trainer_options(step_s=0.2)
+    gateway = make_gateway()
+    service = service_of(gateway)
+    job_id, _ = await job_with_file(gateway, n_epochs=3)
+    gate = Gate()
+    register = service.checkpoint_models.register
+
+    async def held_register(*args: Any, **kwargs: Any) -> Any:
+        await gate()
+        return await register(*args, **kwargs)
+
+    monkeypatch.setattr(service.checkpoint_models, "register", held_register)
+    started(gateway)
+    await gate.wait()
+    cancel = asyncio.create_task(gateway.post(f"/v1/fine_tuning/jobs/{job_id}/cancel"))
+    while trainers_of(job_id) or service.store.get(job_id)["status"] != "cancelled":
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # time enough for a cancel that does not wait to finish
+    gate.released.set()
+    assert (await asyncio.wait_for(cancel, WAIT_S)).json()["status"] == "cancelled"
+    await idle(gateway)
+    assert not [m for m in await model_ids(gateway) if job_id in m]
+    assert (await gateway.get(f"/v1/fine_tuning/jobs/{job_id}")).json()["status"] == "cancelled"
+
+
 # --- training ---------------------------------------------------------------------------------
 
 
