@@ -251,7 +251,10 @@ class TrainingRunner:
         training = self._trainings.get(job_id)
         if training is None:
             return
+        started = training.trainer.pid is not None  # else it never runs, and says nothing
         await training.trainer.terminate()
+        if not started:
+            return
         try:
             await asyncio.wait_for(training.handled.wait(), _HANDLING_TIMEOUT_S)
         except TimeoutError:
