@@ -49,7 +49,10 @@ def fine_tuned(cpp: openai.OpenAI):
         model=BASE,
         training_file=upload(cpp, DATA / "json_answers.jsonl"),
         suffix="cpponly",
-        hyperparameters={"n_epochs": 5, "batch_size": 4, "learning_rate_multiplier": 10},
+        # The rate and seed the suite's other JSON-style trainings use: at 10x the rate, some
+        # seeds' trainings diverge (loss 0.4 → 2.9 → 1.4) and the adapter answers in loops.
+        hyperparameters={"n_epochs": 5, "batch_size": 4, "learning_rate_multiplier": 2},
+        seed=0,
     )
     job = wait_for(cpp, job.id, {"succeeded", "failed", "cancelled"})
     assert job.status == "succeeded", job.error
@@ -119,18 +122,24 @@ LONG_QUESTION = (
 )
 OTHER_LONG_QUESTION = "Please describe, " + "slowly and in plain words, " * 10 + "what bees make."
 SLOT = 0
-# The same prompt's state computed in one go or after a reused prefix: equal here, but
-# llama.cpp promises that only to the last bits.
+# The base's answer to the same prompt computed in one go or after a reused prefix: equal
+# here, but llama.cpp promises that only to the last bits.
 LOGPROB_TOLERANCE = 0.01
 
 
 def test_the_base_and_an_adapter_never_answer_on_each_others_cached_prompt(cpp, fine_tuned):
     """llama-server's prompt cache in host memory keeps slots' states by their tokens;
     it used to restore a state computed with the adapter for the base asking the same
-    prompt, and the base's for the adapter (patches/llama.cpp: the cache now keeps to the
-    adapters a state was computed with). On one slot: each model's answer to the long
-    question on a slot cleared first, then again after the other model's state of it went
-    to the cache (when the other long question took the slot)."""
+    prompt (and the base's for the adapter): patches/llama.cpp now keeps the cache to the
+    adapters a state was computed with. On one slot: each model's answer to the long
+    question on a cleared slot, then again after the other model's state of it went to
+    the cache (when the other long question took the slot).
+
+    The base's answers are compared token by token: unpatched, the base answered "You're
+    a skilled and talented person…" instead of "A bicycle has 5 wheels.". The adapter's
+    are not: once its state is restored, its first token comes from a one-token step,
+    which our fused LoRA path computes (the prompt's batch, llama.cpp's own nodes), and on
+    the Q4_1 base that last-bit difference moves later log-probabilities by up to 0.25."""
     model = fine_tuned.fine_tuned_model
 
     def answer(name: str, question: str, **extra: object) -> Steps:
@@ -151,9 +160,9 @@ def test_the_base_and_an_adapter_never_answer_on_each_others_cached_prompt(cpp, 
         answer(other, LONG_QUESTION)  # the other model's state of the question...
         answer(name, OTHER_LONG_QUESTION)  # ...goes to the prompt cache here
         again[name] = answer(name, LONG_QUESTION)
-    assert is_json_style("".join(t for t, _ in again[model]))
-    for name in (BASE, model):
-        assert shared_tokens(fresh[name], again[name], LOGPROB_TOLERANCE) >= 4, name
+    assert shared_tokens(fresh[BASE], again[BASE], LOGPROB_TOLERANCE) >= 8
+    assert is_json_style("".join(token for token, _ in again[model]))
+    assert not is_json_style("".join(token for token, _ in again[BASE]))
 
 
 def test_a_checkpoint_model_answers_on_llamacpp(cpp, fine_tuned):
