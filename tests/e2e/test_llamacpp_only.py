@@ -122,9 +122,11 @@ LONG_QUESTION = (
 )
 OTHER_LONG_QUESTION = "Please describe, " + "slowly and in plain words, " * 10 + "what bees make."
 SLOT = 0
-# The base's answer to the same prompt computed in one go or after a reused prefix: equal
-# here, but llama.cpp promises that only to the last bits.
-LOGPROB_TOLERANCE = 0.01
+# The base's answer to the same prompt computed in one go or after a reused prefix: its
+# log-probabilities on the Q4_1 base differed by 0 to 0.06 here (llama.cpp promises the
+# same state only to the last bits, which quantisation amplifies). On the other model's
+# state they moved by 0.44 or more, and the first token changed.
+LOGPROB_TOLERANCE = 0.2
 
 
 def test_the_base_and_an_adapter_never_answer_on_each_others_cached_prompt(cpp, fine_tuned):
@@ -160,7 +162,7 @@ def test_the_base_and_an_adapter_never_answer_on_each_others_cached_prompt(cpp, 
         answer(other, LONG_QUESTION)  # the other model's state of the question...
         answer(name, OTHER_LONG_QUESTION)  # ...goes to the prompt cache here
         again[name] = answer(name, LONG_QUESTION)
-    assert shared_tokens(fresh[BASE], again[BASE], LOGPROB_TOLERANCE) >= 8
+    assert shared_tokens(fresh[BASE], again[BASE], LOGPROB_TOLERANCE) >= 1
     assert is_json_style("".join(token for token, _ in again[model]))
     assert not is_json_style("".join(token for token, _ in again[BASE]))
 
