@@ -113,20 +113,26 @@ def test_base_and_adapter_interleaved_and_concurrent(cpp, fine_tuned):
         assert is_json_style(text) == (name == model), (name, text)
 
 
-# Two long questions that share only the chat template's opening (24 tokens), and a
-# llama-server slot to pin them to, so that which state is reused where is known.
+# Two long questions, each under its own system message, and a llama-server slot to pin
+# them to, so that which state is reused where is known. Their system messages keep them
+# from sharing more than the chat template's first tokens with each other or with any
+# earlier request: a state that shares the template's default system prompt, computed in
+# a batch with other slots' sequences, differs from one computed alone in its last bits,
+# and on the Q4_1 base that moved the answer's log-probabilities by up to 0.2.
 LONG_QUESTION = (
     "Tell me, in a few words, "
     + "and with great care about every detail, " * 8
     + "how many wheels does a bicycle have?"
 )
 OTHER_LONG_QUESTION = "Please describe, " + "slowly and in plain words, " * 10 + "what bees make."
+SYSTEM_MESSAGE = {
+    LONG_QUESTION: "Answer in one sentence.",
+    OTHER_LONG_QUESTION: "Describe things slowly.",
+}
 SLOT = 0
-# The base's answer to the same prompt computed in one go or after a reused prefix: its
-# log-probabilities on the Q4_1 base differed by 0 to 0.06 here (llama.cpp promises the
-# same state only to the last bits, which quantisation amplifies). On the other model's
-# state they moved by 0.44 or more, and the first token changed.
-LOGPROB_TOLERANCE = 0.2
+# Computed in one go or after the slot's own 3-token prefix, the base's answers agreed
+# to 4 decimals here; on the other model's state the first token changed (`{"` for `A`).
+LOGPROB_TOLERANCE = 0.02
 
 
 def test_the_base_and_an_adapter_never_answer_on_each_others_cached_prompt(cpp, fine_tuned):
@@ -137,17 +143,20 @@ def test_the_base_and_an_adapter_never_answer_on_each_others_cached_prompt(cpp, 
     question on a cleared slot, then again after the other model's state of it went to
     the cache (when the other long question took the slot).
 
-    The base's answers are compared token by token: unpatched, the base answered "You're
-    a skilled and talented person…" instead of "A bicycle has 5 wheels.". The adapter's
-    are not: once its state is restored, its first token comes from a one-token step,
-    which our fused LoRA path computes (the prompt's batch, llama.cpp's own nodes), and on
-    the Q4_1 base that last-bit difference moves later log-probabilities by up to 0.25."""
+    The base's answers are compared token by token: unpatched, the base answered in the
+    adapter's JSON style (`{"answer": …`) instead of "A bicycle has…". The adapter's are
+    not: once its state is restored, its first token comes from a one-token step, which
+    our fused LoRA path computes (the prompt's batch, llama.cpp's own nodes), and on the
+    Q4_1 base that last-bit difference moves later log-probabilities by up to 0.25."""
     model = fine_tuned.fine_tuned_model
 
     def answer(name: str, question: str, **extra: object) -> Steps:
         reply = cpp.chat.completions.create(
             model=name,
-            messages=[{"role": "user", "content": question}],
+            messages=[
+                {"role": "system", "content": SYSTEM_MESSAGE[question]},
+                {"role": "user", "content": question},
+            ],
             max_tokens=16,
             temperature=0,
             logprobs=True,
