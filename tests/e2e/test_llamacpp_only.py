@@ -176,6 +176,50 @@ def test_the_base_and_an_adapter_never_answer_on_each_others_cached_prompt(cpp, 
     assert not is_json_style("".join(token for token, _ in again[BASE]))
 
 
+STORY = "Write a long story about a dragon who learns to bake bread in a small village."
+PRIVATE = "My password is hunter2 and my bank is Zork Bank. " * 4 + "Summarise this."
+
+
+def test_a_request_pinned_to_a_busy_slot_waits_without_touching_its_answer(cpp):
+    """A request that asks for a busy llama-server slot (``id_slot``, passed through as
+    clients send it) is deferred until the slot is free. Unpatched, llama-server first
+    loaded the cached state of that request's prompt into the busy slot, and the answer
+    in flight went on from another client's prompt (a story about a dragon turned to
+    ciphers after a prompt about a password). patches/llama.cpp keeps the slot as it is."""
+
+    def pinned(question: str, max_tokens: int, **extra: object) -> str:
+        reply = cpp.chat.completions.create(
+            model=BASE,
+            messages=[{"role": "user", "content": question}],
+            max_tokens=max_tokens,
+            temperature=0,
+            extra_body={"id_slot": SLOT, **extra},
+        )
+        return reply.choices[0].message.content or ""
+
+    alone = pinned(STORY, 200, cache_prompt=False)
+    pinned(PRIVATE, 4)  # the private prompt's state on the slot...
+    pinned(OTHER_LONG_QUESTION, 4)  # ...goes to the prompt cache here
+    chunks = cpp.chat.completions.create(
+        model=BASE,
+        messages=[{"role": "user", "content": STORY}],
+        max_tokens=200,
+        temperature=0,
+        stream=True,
+        extra_body={"id_slot": SLOT, "cache_prompt": False},
+    )
+    texts = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = None
+        for chunk in chunks:
+            if chunk.choices:
+                texts.append(chunk.choices[0].delta.content or "")
+            if waiting is None and "".join(texts):  # the story is being decoded on the slot
+                waiting = pool.submit(pinned, PRIVATE, 4)
+        assert waiting is not None and waiting.result(timeout=120).strip()
+    assert "".join(texts) == alone
+
+
 def test_a_checkpoint_model_answers_on_llamacpp(cpp, fine_tuned):
     checkpoints = cpp.fine_tuning.jobs.checkpoints.list(fine_tuned.id).data
     assert checkpoints
