@@ -152,7 +152,7 @@ $(LLAMA_SERVER): $(LLAMACPP_SOURCES)
 		cp "$$cached/build-seconds" $(LLAMACPP)/build/build-seconds 2>/dev/null; exit 0; \
 	fi; \
 	$(CHECK_TOOLCHAIN); \
-	echo ">> building llama.cpp's llama-server and llama-quantize (once, about 4-8 min on 2 cores; log: $(LLAMACPP)/build.log)"; \
+	echo ">> building llama.cpp's llama-server and llama-quantize (once, about 3-7 min on 2 cores; log: $(LLAMACPP)/build.log)"; \
 	rm -rf $(LLAMACPP)/build && started=$$(date +%s) && \
 	{ cmake -S $(LLAMACPP) -B $(LLAMACPP)/build -DCMAKE_BUILD_TYPE=Release \
 		-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
