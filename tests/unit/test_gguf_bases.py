@@ -127,3 +127,29 @@ def test_the_architecture_check_reads_the_gguf_header(tmp_path):
     assert gguf_architecture(path) == "tunegate-test-arch"
     reason = unsupported_reason(path)
     assert reason is not None and "'tunegate-test-arch'" in reason and "llama" in reason
+
+
+def test_a_derivation_parses_the_gguf_once_and_puts_gguf_back(tmp_path):
+    """transformers' loader parses the file once for the config, the tokenizer and the
+    weights each: within a derivation the three share one parse (and one tensor-name
+    table per architecture); after it, gguf is as it was."""
+    import gguf
+
+    from tuner.prepare_base import _gguf_parsed_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    make_reader, make_name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with _gguf_parsed_once():
+        first, again = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert first is again and isinstance(first, make_reader)
+        assert gguf.GGUFReader(path, "c") is not first  # another mode: another reader
+        table = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is table
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 3) is not table
+    assert gguf.GGUFReader is make_reader and gguf.get_tensor_name_map is make_name_map
+    assert gguf.GGUFReader(path) is not gguf.GGUFReader(path)
