@@ -95,7 +95,7 @@ endif
 
 # The HF checkpoint of the embedded model, derived once from its GGUF.
 $(MODEL): | $(INSTALLED)
-	@echo ">> deriving the embedded SmolLM2 checkpoint (once, about a minute)"
+	@echo ">> deriving the embedded SmolLM2 checkpoint (once, about 15-30 s)"
 	$(PY) -m tuner.prepare_base --gguf "$$($(PY) -c 'from gateway.base_models import embedded_gguf_path as p; print(p())')" \
 		--out $(DATA_ROOT)/models/smollm2-135m-instruct
 

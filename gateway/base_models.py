@@ -77,11 +77,11 @@ def base_model_specs(settings: Settings) -> list[BaseModelSpec]:
 
 
 async def prepare_embedded_checkpoint(settings: Settings, guard: ProcessGuard) -> None:
-    """Derive the embedded HF checkpoint once, in a subprocess (heavy imports, ~1 min)."""
+    """Derive the embedded HF checkpoint once, in a subprocess (heavy imports, 15-30 s)."""
     hf_dir = settings.models_dir / EMBEDDED_MODEL_ID
     if checkpoint_is_complete(hf_dir):
         return
-    log.info("deriving the HF checkpoint of %s (once, about a minute)", EMBEDDED_MODEL_ID)
+    log.info("deriving the HF checkpoint of %s (once, about 15-30 s)", EMBEDDED_MODEL_ID)
     process = await guard.spawn(
         [
             sys.executable,
