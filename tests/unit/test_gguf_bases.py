@@ -113,17 +113,23 @@ async def test_the_fine_tuning_route_answers_with_the_reason(gateway):
     assert "mamba9" in error["message"] and error["param"] == "model"
 
 
-def test_the_architecture_check_reads_the_gguf_header(tmp_path):
+def empty_gguf(path: Path, architecture: str) -> Path:
+    """A GGUF with a header and no tensors: enough for what reads the header."""
     import gguf
 
-    from tuner.gguf_checkpoint import gguf_architecture, unsupported_reason
-
-    path = tmp_path / "odd.gguf"
-    writer = gguf.GGUFWriter(str(path), "tunegate-test-arch")
+    writer = gguf.GGUFWriter(str(path), architecture)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def test_the_architecture_check_reads_the_gguf_header(tmp_path):
+
+    from tuner.gguf_checkpoint import gguf_architecture, unsupported_reason
+
+    path = empty_gguf(tmp_path / "odd.gguf", "tunegate-test-arch")
     assert gguf_architecture(path) == "tunegate-test-arch"
     reason = unsupported_reason(path)
     assert reason is not None and "'tunegate-test-arch'" in reason and "llama" in reason
@@ -137,12 +143,7 @@ def test_a_derivation_parses_the_gguf_once_and_puts_gguf_back(tmp_path):
 
     from tuner.prepare_base import _gguf_parsed_once
 
-    path = tmp_path / "tiny.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = empty_gguf(tmp_path / "tiny.gguf", "llama")
     make_reader, make_name_map = gguf.GGUFReader, gguf.get_tensor_name_map
     with _gguf_parsed_once():
         first, again = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
