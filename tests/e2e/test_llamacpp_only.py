@@ -208,15 +208,20 @@ def test_a_request_pinned_to_a_busy_slot_waits_without_touching_its_answer(cpp):
         stream=True,
         extra_body={"id_slot": SLOT, "cache_prompt": False},
     )
-    texts = []
+    texts, ends, after_the_pinned_request = [], [], 0
     with ThreadPoolExecutor(max_workers=1) as pool:
         waiting = None
         for chunk in chunks:
             if chunk.choices:
                 texts.append(chunk.choices[0].delta.content or "")
-            if waiting is None and "".join(texts):  # the story is being decoded on the slot
+                ends.append(chunk.choices[0].finish_reason)
+            if waiting is not None:
+                after_the_pinned_request += 1
+            elif "".join(texts):  # the story is being decoded on the slot
                 waiting = pool.submit(pinned, PRIVATE, 4)
         assert waiting is not None and waiting.result(timeout=120).strip()
+    # The whole story was decoded (no early end), most of it with the pinned request sent.
+    assert ends[-1] == "length" and after_the_pinned_request >= 150, (ends, len(texts))
     assert "".join(texts) == alone
 
 

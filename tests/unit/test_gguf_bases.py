@@ -126,7 +126,6 @@ def empty_gguf(path: Path, architecture: str) -> Path:
 
 
 def test_the_architecture_check_reads_the_gguf_header(tmp_path):
-
     from tuner.gguf_checkpoint import gguf_architecture, unsupported_reason
 
     path = empty_gguf(tmp_path / "odd.gguf", "tunegate-test-arch")
