@@ -62,7 +62,13 @@ CHECK_TOOLCHAIN = command -v cmake >/dev/null && command -v "$${CXX:-c++}" >/dev
 
 .PHONY: setup toolchain browser serve test test-unit test-e2e test-pending test-long bench lint clean
 
-setup: $(INSTALLED) $(MODEL) $(CHECKS_CACHE) $(CONVERTER) $(LLAMA_SERVER) $(LLAMA_QUANTIZE)
+SETUP_FILES := $(INSTALLED) $(MODEL) $(CHECKS_CACHE) $(CONVERTER) $(LLAMA_SERVER) $(LLAMA_QUANTIZE)
+
+# Two at a time: llama.cpp's build (which keeps every core busy for about 3 min) runs
+# beside pip's installs and the model's preparation, which wait on the network and the
+# disk as much as on the cores.
+setup:
+	@$(MAKE) --no-print-directory -j2 $(SETUP_FILES)
 
 # The same check alone: does this machine have what set-up compiles with?
 toolchain:
@@ -108,8 +114,9 @@ $(CHECKS_CACHE): $(MODEL)
 	touch $@
 
 # llama.cpp's sources from the llama-cpp-python sdist (not its test models and docs),
-# once: a download, nothing is built from the sdist itself. Then our patches.
-$(LLAMACPP_SOURCES): | $(INSTALLED)
+# once: a download, nothing is built from the sdist itself. Then our patches. Only the
+# venv's pip is needed, so that the build can start while the installs run.
+$(LLAMACPP_SOURCES): | $(PY)
 	@$(CHECK_TOOLCHAIN)
 	@echo ">> fetching llama.cpp's sources from the llama-cpp-python $(LLAMA_CPP_PYTHON) sdist (once)"
 	rm -rf $(TOOLS)/sdist && mkdir -p $(TOOLS)/sdist
