@@ -62,8 +62,6 @@ CHECK_TOOLCHAIN = command -v cmake >/dev/null && command -v "$${CXX:-c++}" >/dev
 
 .PHONY: setup setup-files toolchain browser serve test test-unit test-e2e test-pending test-long bench lint clean
 
-SETUP_FILES := $(INSTALLED) $(MODEL) $(CHECKS_CACHE) $(CONVERTER) $(LLAMA_SERVER) $(LLAMA_QUANTIZE)
-
 # Two at a time: llama.cpp's build (which keeps every core busy for about 3 min) runs
 # beside pip's downloads and installs and the model's preparation. On a fresh machine,
 # where the downloads take minutes, that saved about a minute here (622 -> 558 s to the
@@ -72,7 +70,7 @@ setup:
 	@$(MAKE) --no-print-directory -j2 setup-files
 
 # (A recipe, even an empty one, so that a set-up with nothing to do says nothing.)
-setup-files: $(SETUP_FILES)
+setup-files: $(INSTALLED) $(MODEL) $(CHECKS_CACHE) $(CONVERTER) $(LLAMA_SERVER) $(LLAMA_QUANTIZE)
 	@:
 
 # The same check alone: does this machine have what set-up compiles with?
