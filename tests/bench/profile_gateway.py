@@ -9,7 +9,7 @@ cannot read this machine's Python processes: "Failed to find python version".)
 With ``--stream`` each request is a stream of ``LONG_STREAM`` chunks, each sent on its
 own by the upstream (as an engine sends tokens): the table is then mostly per chunk.
 
-    python -m tests.bench.profile_gateway [--tree DIR] [--requests 5000] [--stream]
+    python -m tests.bench.profile_gateway [--tree DIR] [--requests 5000] [--stream] [--save F]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import asyncio
 import io
 import os
 import pstats
+import shutil
 import signal
 import sys
 import tempfile
@@ -92,7 +93,9 @@ async def _load(url: str, requests: int, concurrency: int, stream: bool) -> floa
     return time.perf_counter() - started
 
 
-def profile(tree: Path, requests: int, concurrency: int, stream: bool = False) -> str:
+def profile(
+    tree: Path, requests: int, concurrency: int, stream: bool = False, save: Path | None = None
+) -> str:
     with ExitStack() as stack:
         instant = stack.enter_context(upstream(0.0, chunk_gap_ms=1.0 if stream else 0.0))
         base = instant.chat_url[: -len(CHAT_PATH)]
@@ -117,6 +120,8 @@ def profile(tree: Path, requests: int, concurrency: int, stream: bool = False) -
             f"{requests / seconds:.0f} req/s, gateway CPU {cpu / requests * 1e6:.0f} µs/request "
             "(under cProfile)"
         )
+        if save is not None:  # for pstats' callers, or a flame graph (flameprof, snakeviz)
+            shutil.copyfile(stats_path, save)
         return summary + "\n" + _table(stats_path, requests)
 
 
@@ -147,8 +152,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--stream", action="store_true", help="streamed answers")
+    parser.add_argument("--save", type=Path, help="keep the raw profile (pstats) in this file")
     args = parser.parse_args()
-    print(profile(args.tree.resolve(), args.requests, args.concurrency, args.stream))
+    print(profile(args.tree.resolve(), args.requests, args.concurrency, args.stream, args.save))
     return 0
 
 

@@ -9,9 +9,12 @@ It runs in the suite's venv (which has vLLM installed) with vLLM turned off: wha
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import openai
 import pytest
 
@@ -224,6 +227,59 @@ def test_a_request_pinned_to_a_busy_slot_waits_without_touching_its_answer(cpp):
     # And the check was not empty: the whole story was decoded with the pinned request sent
     # at its start (unpatched, the story turned into another text and ended early).
     assert ends[-1] == "length" and after_the_pinned_request >= 150, (ends, len(texts))
+
+
+def test_a_request_pinned_past_the_last_slot_runs_as_soon_as_its_slot_frees(cpp, llamacpp_gateway):
+    """``id_slot`` past the last slot wraps round: n of n slots is slot 0. Unpatched, only
+    llama-server's slot lookup wrapped it; the deferred queue, when slot 0 was released,
+    looked for a task pinned to 0 and not to n. So a request pinned to n, deferred while
+    slot 0 was busy, waited behind one pinned to another busy slot (here slot 1, held by
+    a long story) although slot 0 stood idle. patches/llama.cpp reads the id as its slot."""
+    with httpx.Client(base_url=llamacpp_gateway.engine_serving(BASE)["url"]) as engine:
+        slots = engine.get("/props").json()["total_slots"]
+    assert slots >= 2
+
+    def stream(slot: int, max_tokens: int, decoding: threading.Event) -> float:
+        chunks = cpp.chat.completions.create(
+            model=BASE,
+            messages=[{"role": "user", "content": STORY}],
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            extra_body={"id_slot": slot, "cache_prompt": False},
+        )
+        for chunk in chunks:
+            if chunk.choices and chunk.choices[0].delta.content:
+                decoding.set()
+        return time.monotonic()
+
+    def pinned(slot: int) -> float:
+        reply = cpp.chat.completions.create(
+            model=BASE,
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=4,
+            temperature=0,
+            extra_body={"id_slot": slot},
+        )
+        assert reply.choices[0].message.content
+        return time.monotonic()
+
+    long_story, short_story = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        long_end = pool.submit(stream, 1, 300, long_story)
+        assert long_story.wait(60)
+        short_end = pool.submit(stream, 0, 48, short_story)
+        assert short_story.wait(60)
+        behind = pool.submit(pinned, 1)  # deferred first, until the long story ends
+        time.sleep(0.3)
+        sent = time.monotonic()
+        wrapped = pool.submit(pinned, slots)  # slot 0, deferred behind it
+        ended, freed, long_ended = wrapped.result(120), short_end.result(120), long_end.result(120)
+        behind.result(120)
+    # The check is not empty: the wrapped request was sent while slot 0 was still busy...
+    assert freed > sent, (freed, sent)
+    # ...and it ran once slot 0 was released, long before slot 1 was (unpatched, after it).
+    assert ended < long_ended, (ended - sent, long_ended - sent)
 
 
 def test_a_checkpoint_model_answers_on_llamacpp(cpp, fine_tuned):
