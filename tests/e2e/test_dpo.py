@@ -67,8 +67,8 @@ def assert_preferred_shape_without_degenerating(replies: dict[str, str]) -> None
     assert len(shaped) >= 0.7 * len(HELD_OUT), replies
     # A 135M model answering greedily slips now and then: two answers in ten may loop.
     # Measured over the job's seeds: the penguins prompt loops in a third of the runs
-    # ("Short answer: Fish.\nWhy: They eat fish.\nWhy: They eat fish..."; a Why line as
-    # short as a Short answer line ends with a newline, as that one does), and another
+    # ("Short answer: Fish.\nWhy: They eat fish.\nWhy: They eat fish...": after a Why line
+    # as short as that, the model starts another Why line instead of ending), and another
     # prompt now and then; no run has looped on three.
     assert len([q for q, text in replies.items() if loops(text)]) <= 2, replies
     off_topic = [

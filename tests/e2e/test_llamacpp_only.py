@@ -9,6 +9,7 @@ It runs in the suite's venv (which has vLLM installed) with vLLM turned off: wha
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -235,9 +236,21 @@ def test_a_request_pinned_past_the_last_slot_runs_as_soon_as_its_slot_frees(cpp,
     looked for a task pinned to 0 and not to n. So a request pinned to n, deferred while
     slot 0 was busy, waited behind one pinned to another busy slot (here slot 1, held by
     a long story) although slot 0 stood idle. patches/llama.cpp reads the id as its slot."""
-    with httpx.Client(base_url=llamacpp_gateway.engine_serving(BASE)["url"]) as engine:
-        slots = engine.get("/props").json()["total_slots"]
+    engine = httpx.Client(base_url=llamacpp_gateway.engine_serving(BASE)["url"], timeout=30)
+    slots = engine.get("/props").json()["total_slots"]
     assert slots >= 2
+
+    def deferred() -> int:
+        """The requests llama-server holds back, waiting for their slot (its /metrics)."""
+        found = re.search(r"^llamacpp:requests_deferred (\S+)$", engine.get("/metrics").text, re.M)
+        assert found, "llama-server's /metrics has no requests_deferred"
+        return int(float(found[1]))
+
+    def wait_until_deferred(count: int) -> None:
+        deadline = time.monotonic() + 60
+        while deferred() < count:
+            assert time.monotonic() < deadline, f"{count} requests were never deferred"
+            time.sleep(0.02)
 
     def stream(slot: int, max_tokens: int, decoding: threading.Event) -> float:
         chunks = cpp.chat.completions.create(
@@ -265,21 +278,20 @@ def test_a_request_pinned_past_the_last_slot_runs_as_soon_as_its_slot_frees(cpp,
         return time.monotonic()
 
     long_story, short_story = threading.Event(), threading.Event()
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with engine, ThreadPoolExecutor(max_workers=4) as pool:
         long_end = pool.submit(stream, 1, 300, long_story)
         assert long_story.wait(60)
-        short_end = pool.submit(stream, 0, 48, short_story)
+        short_end = pool.submit(stream, 0, 96, short_story)
         assert short_story.wait(60)
-        behind = pool.submit(pinned, 1)  # deferred first, until the long story ends
-        time.sleep(0.3)
-        sent = time.monotonic()
-        wrapped = pool.submit(pinned, slots)  # slot 0, deferred behind it
-        ended, freed, long_ended = wrapped.result(120), short_end.result(120), long_end.result(120)
+        behind = pool.submit(pinned, 1)
+        wait_until_deferred(1)  # first in the queue, until the long story ends
+        wrapped = pool.submit(pinned, slots)
+        wait_until_deferred(2)  # slot 0 was busy with the short story: it waits too
+        ended, long_ended = wrapped.result(120), long_end.result(120)
+        short_end.result(120)
         behind.result(120)
-    # The check is not empty: the wrapped request was sent while slot 0 was still busy...
-    assert freed > sent, (freed, sent)
-    # ...and it ran once slot 0 was released, long before slot 1 was (unpatched, after it).
-    assert ended < long_ended, (ended - sent, long_ended - sent)
+    # It ran once slot 0 was released, long before slot 1 was (unpatched, only after it).
+    assert ended < long_ended, (ended, long_ended)
 
 
 def test_a_checkpoint_model_answers_on_llamacpp(cpp, fine_tuned):
