@@ -230,19 +230,27 @@ def test_a_request_pinned_to_a_busy_slot_waits_without_touching_its_answer(cpp):
     assert ends[-1] == "length" and after_the_pinned_request >= 150, (ends, len(texts))
 
 
-def test_a_request_pinned_past_the_last_slot_runs_as_soon_as_its_slot_frees(cpp, llamacpp_gateway):
+@pytest.fixture
+def base_engine(llamacpp_gateway: GatewayProcess) -> Iterator[httpx.Client]:
+    """The base's llama-server itself, for what it says of its slots."""
+    with httpx.Client(base_url=llamacpp_gateway.engine_serving(BASE)["url"], timeout=30) as engine:
+        yield engine
+
+
+def test_a_request_pinned_past_the_last_slot_runs_as_soon_as_its_slot_frees(cpp, base_engine):
     """``id_slot`` past the last slot wraps round: n of n slots is slot 0. Unpatched, only
     llama-server's slot lookup wrapped it; the deferred queue, when slot 0 was released,
     looked for a task pinned to 0 and not to n. So a request pinned to n, deferred while
     slot 0 was busy, waited behind one pinned to another busy slot (here slot 1, held by
     a long story) although slot 0 stood idle. patches/llama.cpp reads the id as its slot."""
-    engine = httpx.Client(base_url=llamacpp_gateway.engine_serving(BASE)["url"], timeout=30)
-    slots = engine.get("/props").json()["total_slots"]
+    slots = base_engine.get("/props").json()["total_slots"]
     assert slots >= 2
 
     def deferred() -> int:
         """The requests llama-server holds back, waiting for their slot (its /metrics)."""
-        found = re.search(r"^llamacpp:requests_deferred (\S+)$", engine.get("/metrics").text, re.M)
+        found = re.search(
+            r"^llamacpp:requests_deferred (\S+)$", base_engine.get("/metrics").text, re.M
+        )
         assert found, "llama-server's /metrics has no requests_deferred"
         return int(float(found[1]))
 
@@ -278,7 +286,7 @@ def test_a_request_pinned_past_the_last_slot_runs_as_soon_as_its_slot_frees(cpp,
         return time.monotonic()
 
     long_story, short_story = threading.Event(), threading.Event()
-    with engine, ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:
         long_end = pool.submit(stream, 1, 300, long_story)
         assert long_story.wait(60)
         short_end = pool.submit(stream, 0, 96, short_story)
