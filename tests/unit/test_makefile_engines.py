@@ -24,7 +24,7 @@ def dry_run(*args: str) -> str:
 
 def test_the_llamacpp_engine_installs_no_vllm_and_serves_with_vllm_off():
     install = dry_run("ENGINE=llamacpp", "/nonexistent-venv/.installed-llamacpp")
-    assert '.[llamacpp,dev]"' in install
+    assert '.[llamacpp]"' in install  # the test tools are make test's (below)
     assert "torch==" in install  # the CPU build, for the tuner
     assert '-c "import peft, trl, transformers, gateway"' in install
     assert "vllm" not in install and "llama-cpp-python" not in install
@@ -34,8 +34,16 @@ def test_the_llamacpp_engine_installs_no_vllm_and_serves_with_vllm_off():
 
 def test_the_default_engine_installs_and_checks_vllm():
     install = dry_run("/nonexistent-venv/.installed-cpu")
-    assert '.[cpu,dev]"' in install and '-c "import vllm, peft,' in install
+    assert '.[cpu]"' in install and '-c "import vllm, peft,' in install
     assert "--no-vllm-enabled" not in dry_run("serve").splitlines()[-1]
+
+
+def test_the_test_tools_are_installed_for_the_tests_and_not_for_serving():
+    assert ",dev]" not in dry_run("serve") and ",dev]" not in dry_run("ENGINE=llamacpp", "serve")
+    tools = dry_run("ENGINE=llamacpp", "/nonexistent-venv/.installed-llamacpp-dev")
+    assert '.[llamacpp,dev]"' in tools
+    test = dry_run("test")
+    assert test.index('.[cpu,dev]"') < test.index("-m pytest tests")
 
 
 def test_llamacpp_is_compiled_from_the_pinned_sources_and_never_installed_for_serving():
