@@ -184,6 +184,27 @@ STORY = "Write a long story about a dragon who learns to bake bread in a small v
 PRIVATE = "My password is hunter2 and my bank is Zork Bank. " * 4 + "Summarise this."
 
 
+def pinned_to(
+    cpp: openai.OpenAI,
+    slot: int,
+    question: str,
+    max_tokens: int,
+    *,
+    stream: bool = False,
+    **extra: object,
+):
+    """A greedy chat request for the base on llama-server's slot ``slot`` (``id_slot``,
+    passed through as clients send it); ``extra`` goes into the body too."""
+    return cpp.chat.completions.create(
+        model=BASE,
+        messages=[{"role": "user", "content": question}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=stream,
+        extra_body={"id_slot": slot, **extra},
+    )
+
+
 def test_a_request_pinned_to_a_busy_slot_waits_without_touching_its_answer(cpp):
     """A request that asks for a busy llama-server slot (``id_slot``, passed through as
     clients send it) is deferred until the slot is free. Unpatched, llama-server first
@@ -192,26 +213,13 @@ def test_a_request_pinned_to_a_busy_slot_waits_without_touching_its_answer(cpp):
     ciphers after a prompt about a password). patches/llama.cpp keeps the slot as it is."""
 
     def pinned(question: str, max_tokens: int, **extra: object) -> str:
-        reply = cpp.chat.completions.create(
-            model=BASE,
-            messages=[{"role": "user", "content": question}],
-            max_tokens=max_tokens,
-            temperature=0,
-            extra_body={"id_slot": SLOT, **extra},
-        )
+        reply = pinned_to(cpp, SLOT, question, max_tokens, **extra)
         return reply.choices[0].message.content or ""
 
     alone = pinned(STORY, 200, cache_prompt=False)
     pinned(PRIVATE, 4)  # the private prompt's state on the slot...
     pinned(OTHER_LONG_QUESTION, 4)  # ...goes to the prompt cache here
-    chunks = cpp.chat.completions.create(
-        model=BASE,
-        messages=[{"role": "user", "content": STORY}],
-        max_tokens=200,
-        temperature=0,
-        stream=True,
-        extra_body={"id_slot": SLOT, "cache_prompt": False},
-    )
+    chunks = pinned_to(cpp, SLOT, STORY, 200, stream=True, cache_prompt=False)
     texts, ends, after_the_pinned_request = [], [], 0
     with ThreadPoolExecutor(max_workers=1) as pool:
         waiting = None
@@ -261,28 +269,13 @@ def test_a_request_pinned_past_the_last_slot_runs_as_soon_as_its_slot_frees(cpp,
             time.sleep(0.02)
 
     def stream(slot: int, max_tokens: int, decoding: threading.Event) -> float:
-        chunks = cpp.chat.completions.create(
-            model=BASE,
-            messages=[{"role": "user", "content": STORY}],
-            max_tokens=max_tokens,
-            temperature=0,
-            stream=True,
-            extra_body={"id_slot": slot, "cache_prompt": False},
-        )
-        for chunk in chunks:
+        for chunk in pinned_to(cpp, slot, STORY, max_tokens, stream=True, cache_prompt=False):
             if chunk.choices and chunk.choices[0].delta.content:
                 decoding.set()
         return time.monotonic()
 
     def pinned(slot: int) -> float:
-        reply = cpp.chat.completions.create(
-            model=BASE,
-            messages=[{"role": "user", "content": "Say hello."}],
-            max_tokens=4,
-            temperature=0,
-            extra_body={"id_slot": slot},
-        )
-        assert reply.choices[0].message.content
+        assert pinned_to(cpp, slot, "Say hello.", 4).choices[0].message.content
         return time.monotonic()
 
     long_story, short_story = threading.Event(), threading.Event()
