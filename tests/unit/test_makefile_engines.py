@@ -71,6 +71,9 @@ def test_llamacpp_is_compiled_from_the_pinned_sources_and_never_installed_for_se
     assert not [d for d in project["dependencies"] if d.startswith("llama-cpp-python")]
     (bench_pin,) = project["optional-dependencies"]["bench"]
     assert f'"{bench_pin}"' in download  # the sources of the version that `make bench` uses
+    # Only this package as source: `--no-binary :all:` had pip build the tools that prepare
+    # the sdist's metadata from source as well, four minutes of a fresh set-up.
+    assert "--no-binary llama-cpp-python --no-deps" in download and ":all:" not in download
 
 
 def test_the_upload_routes_form_parser_is_a_dependency_of_its_own():
