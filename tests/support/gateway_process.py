@@ -119,8 +119,8 @@ class GatewayProcess:
 
 def link_prepared_checkpoint(data_root: Path) -> None:
     """Reuse the checkpoint `make` derived, so a new data root need not derive it again,
-    and the base's answers to the checks' general prompts `make` kept, as a user's data
-    root has them after `make setup` (copied: a test's gateway writes its own)."""
+    and the base's answers to the checks' general prompts `make test` kept, as a user's
+    data root has them after a first job (copied: a test's gateway writes its own)."""
     prepared = REPO / "var" / "models" / EMBEDDED_MODEL_ID
     target = data_root / "models" / EMBEDDED_MODEL_ID
     if (prepared / "config.json").is_file() and not target.exists():

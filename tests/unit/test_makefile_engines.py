@@ -42,10 +42,24 @@ def test_the_test_tools_are_installed_for_the_tests_and_not_for_serving():
     assert "dev]" not in dry_run("serve") and "dev]" not in dry_run("ENGINE=llamacpp", "serve")
     test = dry_run("test")
     tools = test[test.index(">> installing the test and lint tools") :]
+    tools = tools[: tools.index("touch ")]
     # The dev extra alone: naming the engine's again had pip put back the torchvision
     # that set-up removed, and vLLM no longer imported.
     assert '-e ".[dev]"' in tools and ".[cpu" not in tools
-    assert tools.index('-e ".[dev]"') < tools.index("removing $pkg") < tools.index("-m pytest")
+    assert tools.index('-e ".[dev]"') < tools.index("removing $pkg") < tools.index(", pytest")
+
+
+def test_a_fresh_serve_runs_only_what_its_first_answer_needs():
+    """On a fresh machine set-up shares two cores with llama.cpp's build: pip does not
+    byte-compile what it installs (Python does, on first import), and the checks' base
+    answers are made for the tests (a user's first job makes them itself)."""
+    serve = dry_run("ENGINE=llamacpp", "serve")
+    lines = serve.splitlines()
+    installs = [line for line in lines if " -m pip install " in line and "upgrade pip" not in line]
+    assert len(installs) == 3 and all("--no-compile" in line for line in installs)
+    assert "tuner.warm_checks" not in serve
+    test = dry_run("test")
+    assert "tuner.warm_checks" in test and test.index("tuner.warm_checks") < test.index("-m pytest")
 
 
 def test_llamacpp_is_compiled_from_the_pinned_sources_and_never_installed_for_serving():
