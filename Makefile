@@ -83,10 +83,9 @@ CHECK_TOOLCHAIN = command -v cmake >/dev/null && command -v "$${CXX:-c++}" >/dev
 
 .PHONY: setup setup-files toolchain browser serve test test-unit test-e2e test-pending test-long bench lint clean
 
-# Two at a time: llama.cpp's build (which keeps every core busy for about 3 min) runs
-# beside pip's downloads and installs and the model's preparation. On a fresh machine,
-# where the downloads take minutes, that saved about a minute here (622 -> 558 s to the
-# first answer); with pip's caches warm it cost 25 s (docs/benchmarks.md).
+# Two at a time: llama.cpp's build (which keeps every core busy for about 3.5 min) runs
+# beside pip's downloads and installs and the model's preparation: about 5 min from a
+# fresh machine to the first answer here (docs/benchmarks.md).
 setup:
 	@$(MAKE) --no-print-directory -j2 setup-files
 
