@@ -4,12 +4,14 @@ Runs ``python -m gateway`` (from ``--tree``, this checkout by default) under cPr
 in front of the instant fake upstream, sends ``--requests`` chat requests from
 ``--concurrency`` clients (the lean client: the load costs the shared cores little),
 stops the gateway with SIGTERM (it drains and exits 0, so the profile is written) and
-prints the functions by own time and by cumulative time. (py-spy, for a flame graph,
-cannot read this machine's Python processes: "Failed to find python version".)
+prints the functions by own time and by cumulative time; ``--flame`` draws them as a flame
+graph (``tests.bench.flame``: py-spy cannot read this machine's Python processes, "Failed
+to find python version").
 With ``--stream`` each request is a stream of ``LONG_STREAM`` chunks, each sent on its
 own by the upstream (as an engine sends tokens): the table is then mostly per chunk.
 
     python -m tests.bench.profile_gateway [--tree DIR] [--requests 5000] [--stream] [--save F]
+        [--flame F.svg]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from gateway.engines.process import free_port
 from gateway.stream_client import UpstreamClient
+from tests.bench.flame import render as render_flame
 from tests.bench.hotpath import (
     CHAT_PATH,
     LONG_STREAM,
@@ -42,13 +45,15 @@ from tests.bench.hotpath import (
 from tests.support.gateway_process import REPO, link_prepared_checkpoint
 
 # cProfile with the process's CPU clock: on a shared machine a wall clock charges the time
-# the gateway waited for a core to whatever function it was in.
+# the gateway waited for a core to whatever function it was in. It profiles from SIGUSR1 to
+# SIGUSR2 (sent around the load), so start-up and shutdown are not in the profile.
 _UNDER_CPROFILE = """
-import cProfile, runpy, sys, time
+import cProfile, runpy, signal, sys, time
 out = sys.argv.pop(1)
 sys.argv = sys.argv[2:]  # past "-m gateway"
 profiler = cProfile.Profile(time.process_time)
-profiler.enable()
+signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+signal.signal(signal.SIGUSR2, lambda *_: profiler.disable())
 try:
     runpy.run_module("gateway", run_name="__main__", alter_sys=True)
 except SystemExit:
@@ -94,7 +99,12 @@ async def _load(url: str, requests: int, concurrency: int, stream: bool) -> floa
 
 
 def profile(
-    tree: Path, requests: int, concurrency: int, stream: bool = False, save: Path | None = None
+    tree: Path,
+    requests: int,
+    concurrency: int,
+    stream: bool = False,
+    save: Path | None = None,
+    flame: Path | None = None,
 ) -> str:
     with ExitStack() as stack:
         instant = stack.enter_context(upstream(0.0, chunk_gap_ms=1.0 if stream else 0.0))
@@ -109,9 +119,11 @@ def profile(
         server = stack.enter_context(_process("gateway", command, tree, port, env))
         url = f"http://127.0.0.1:{port}{CHAT_PATH}"
         asyncio.run(closed_loop(lambda: _warm(url), 4, 1.0))
+        server.process.send_signal(signal.SIGUSR1)
         cpu_before = _cpu(server.process)
         seconds = asyncio.run(_load(url, requests, concurrency, stream))
         cpu = _cpu(server.process) - cpu_before
+        server.process.send_signal(signal.SIGUSR2)
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(60)
         what = f"streams of {LONG_STREAM} chunks" if stream else "requests"
@@ -120,8 +132,10 @@ def profile(
             f"{requests / seconds:.0f} req/s, gateway CPU {cpu / requests * 1e6:.0f} µs/request "
             "(under cProfile)"
         )
-        if save is not None:  # for pstats' callers, or a flame graph (flameprof, snakeviz)
+        if save is not None:  # for pstats' callers, or a flame graph (tests.bench.flame)
             shutil.copyfile(stats_path, save)
+        if flame is not None:
+            flame.write_text(render_flame(stats_path, f"gateway ({tree.name}): {what}"))
         return summary + "\n" + _table(stats_path, requests)
 
 
@@ -153,8 +167,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--stream", action="store_true", help="streamed answers")
     parser.add_argument("--save", type=Path, help="keep the raw profile (pstats) in this file")
+    parser.add_argument("--flame", type=Path, help="draw a flame graph (SVG) into this file")
     args = parser.parse_args()
-    print(profile(args.tree.resolve(), args.requests, args.concurrency, args.stream, args.save))
+    tree = args.tree.resolve()
+    print(profile(tree, args.requests, args.concurrency, args.stream, args.save, args.flame))
     return 0
 
 
