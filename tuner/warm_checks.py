@@ -1,10 +1,12 @@
-"""The base's answers to the general prompts, made ahead of the first job (``make setup``).
+"""The base's answers to the general prompts, made ahead of the tests' jobs (``make test``).
 
 The checks after every job and trial read the base's greedy answers to the built-in
 general prompts from the data root's ``cache/checks/`` (``tuner.base_answers``); the
 first job on a base makes them, in the same batch as its adapter's answers, which
-costs that job about 9 s for the embedded model on 2 CPU cores. ``make setup`` makes
-them once for the embedded model, so that even the first trial does not wait for them.
+costs that job about 9 s for the embedded model on 2 CPU cores. ``make test`` (and
+``make bench``) make them once for the embedded model, so that no test's first trial
+waits for them; ``make serve`` does not (on a fresh machine they would share the cores
+with llama.cpp's build before the first answer).
 
     python -m tuner.warm_checks --base DIR --cache DIR
 """

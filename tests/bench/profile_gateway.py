@@ -135,7 +135,8 @@ def profile(
         if save is not None:  # for pstats' callers, or a flame graph (tests.bench.flame)
             shutil.copyfile(stats_path, save)
         if flame is not None:
-            flame.write_text(render_flame(stats_path, f"gateway ({tree.name}): {what}"))
+            title = f"gateway ({tree.name}): {what}"
+            flame.write_text(render_flame(stats_path, title), encoding="utf-8")
         return summary + "\n" + _table(stats_path, requests)
 
 
