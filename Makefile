@@ -81,7 +81,7 @@ CHECK_TOOLCHAIN = command -v cmake >/dev/null && command -v "$${CXX:-c++}" >/dev
 	command -v "$${CC:-cc}" >/dev/null && command -v patch >/dev/null || { echo ">> set-up needs a C/C++" \
 	"compiler, cmake and patch to build llama.cpp, and one is missing (Debian/Ubuntu: apt-get install g++ cmake patch)"; exit 1; }
 
-.PHONY: setup setup-files test-prep toolchain browser serve test test-unit test-e2e test-pending test-long bench lint clean
+.PHONY: setup setup-files test-prep test-files toolchain browser serve test test-unit test-e2e test-pending test-long bench lint clean
 
 # Two at a time: llama.cpp's build (which keeps every core busy for about 3.5 min) runs
 # beside pip's downloads and installs and the model's preparation: about 5 min from a
@@ -133,8 +133,9 @@ $(MODEL): | $(INSTALLED)
 # The embedded model's answers to the checks' general prompts, kept for the tests' jobs
 # and trials (about 15 s, once). Not a step of `make serve`: on a fresh machine it would
 # share the cores with llama.cpp's build, before the first answer; a user's first job
-# makes them itself, in the same batch as its adapter's answers.
-$(CHECKS_CACHE): $(MODEL)
+# makes them itself, in the same batch as its adapter's answers. After the test tools:
+# pip installs nothing beside it.
+$(CHECKS_CACHE): $(MODEL) | $(TEST_TOOLS)
 	@echo ">> answering the checks' general prompts with the embedded model (once, about 15 s)"
 	$(PY) -m tuner.warm_checks --base $(DATA_ROOT)/models/smollm2-135m-instruct \
 		--cache $(DATA_ROOT)/cache/checks
@@ -219,9 +220,13 @@ browser:
 
 # After set-up, in a make of its own: the checks' answers depend on the model, whose
 # chain set-up's own make builds, so naming them here would have a `make -j` build that
-# chain twice at once. One at a time: pip installs the test tools beside nothing else.
+# chain twice at once.
 test-prep: setup
-	@$(MAKE) --no-print-directory -j1 $(TEST_PREP)
+	@$(MAKE) --no-print-directory test-files
+
+# (A recipe, as setup-files has, so that nothing to do says nothing.)
+test-files: $(TEST_PREP)
+	@:
 
 test: test-prep browser
 	$(PY) -m pytest tests --durations=30

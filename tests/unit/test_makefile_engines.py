@@ -62,7 +62,7 @@ def test_a_fresh_serve_runs_only_what_its_first_answer_needs():
     assert "tuner.warm_checks" in test and test.index("tuner.warm_checks") < test.index("-m pytest")
     # ...in a make of its own after set-up's (with the model's chain named in the top-level
     # make, a `make -j test` built it there and in set-up's make at once)
-    prep = test.index("make --no-print-directory -j1 ")
+    prep = test.index("make --no-print-directory test-files")
     assert test.index("make --no-print-directory -j2 setup-files") < prep
     assert prep < test.index("tuner.warm_checks")
 
