@@ -34,9 +34,10 @@ NPROC := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 SHA256 := $(if $(filter Darwin,$(UNAME)),shasum -a 256,sha256sum)
 PIP := $(PY) -m pip
 # pip byte-compiles every module it installs (torch alone: 27 s of a 2-core machine's
-# set-up, 13 s without); Python compiles what it imports when it first imports it, once,
-# and keeps that, as uv's installs leave it by default.
-PIP_INSTALL := $(PIP) install --no-compile
+# set-up, 13 s without). Left so: where PYTHONDONTWRITEBYTECODE is set (container images
+# often set it), Python would compile from source at every start of every process
+# instead, and the test suite took 47 instead of 35 min that way.
+PIP_INSTALL := $(PIP) install
 # PyPI's torchvision/torchaudio/torchcodec break imports next to the CPU torch build
 # (vLLM's CPU build asks for them); text serving needs none of them. Each is removed
 # after an install only if it fails to import.
