@@ -161,9 +161,12 @@ class ManagedReplica(VllmReplica):
         self.process = make_process(self)
         super().__init__(name, model_id, Upstream(self.process.spec.base_url), loras)
         self._warm: list[tuple[str, Path]] = []
+        # From a (re)start until its adapters are loaded again: not yet routed to, and not
+        # reported ready, so that "ready" means it holds what it held before.
+        self._restoring = True
 
     def _up(self) -> bool:
-        return self.process.ready()
+        return self.process.ready() and not self._restoring
 
     def forget_adapter(self, name: str) -> None:
         super().forget_adapter(name)
@@ -176,14 +179,19 @@ class ManagedReplica(VllmReplica):
         """Called by the supervisor: a process that stopped lost its adapters."""
         if state in (EngineState.RESTARTING, EngineState.STOPPED):
             self._warm = self.loras.forget_all() or self._warm
+        if state is not EngineState.READY:
+            self._restoring = True
         self.on_change()
 
     async def process_ready(self) -> None:
         """The (re)started process answers: give it back its adapters, then route to it."""
-        await self.loras.reload(self.upstream, self._warm)
-        self._warm = []
-        self.taken_out_at = None
-        self.on_change()
+        try:
+            await self.loras.reload(self.upstream, self._warm)
+        finally:
+            self._warm = []
+            self._restoring = False
+            self.taken_out_at = None
+            self.on_change()
 
     async def start(self) -> None:
         self.process.start()
@@ -194,7 +202,7 @@ class ManagedReplica(VllmReplica):
     async def check(self, http: httpx.AsyncClient) -> None:
         # Its supervisor watches the process itself; this catches one that lives but
         # does not answer, and brings back one that was taken out but answers again.
-        if not self.process.ready():
+        if not self._up():
             return
         verdict = await self.healthy(http)
         if verdict:
@@ -203,8 +211,11 @@ class ManagedReplica(VllmReplica):
             self.take_out("its health check failed")
 
     def status(self) -> EngineStatus:
+        state = self.process.state
+        if state is EngineState.READY and self._restoring:
+            state = EngineState.RESTARTING if self.process.restarts else EngineState.STARTING
         return self._status(
-            self.process.state,
+            state,
             pid=self.process.pid,
             restarts=self.process.restarts,
             detail=self.process.last_error,

@@ -1,5 +1,6 @@
 """A base model's vLLM replica set over fake replica servers: affinity, failover through the
-gateway, waiting for a replica, rejoining with its adapters, clear adapter-load errors."""
+gateway, waiting for a replica, rejoining with its adapters, clear adapter-load errors; and
+a managed replica's restart, ready only once its adapters are back."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import pytest
 
 from gateway.app import create_app
 from gateway.catalog import ModelCatalog, ModelEntry
+from gateway.engines.base import EngineState
+from gateway.engines.lora_slots import LoraSlots
 from gateway.engines.vllm import VllmReplicaSet
+from gateway.engines.vllm_replicas import ManagedReplica
 from gateway.errors import AdapterLoadError, EngineUnavailableError
 from gateway.process_guard import ProcessGuard
 from gateway.runtime import assemble_runtime
@@ -211,3 +215,61 @@ async def test_a_request_waits_no_longer_than_the_engine_wait_setting(tmp_path):
         assert unavailable.value.headers()["Retry-After"] == "5"
     finally:
         await engine.stop()
+
+
+@dataclass
+class StubProcess:
+    """A supervised vLLM process as its replica sees it: a state, a URL, a restart count."""
+
+    state: EngineState = EngineState.STARTING
+    restarts: int = 0
+    pid: int | None = 4242
+    last_error: str | None = None
+
+    @dataclass
+    class Spec:
+        base_url: str = "http://a.test"
+
+    spec: Spec = field(default_factory=Spec)
+
+    def ready(self) -> bool:
+        return self.state is EngineState.READY
+
+
+async def test_a_restarted_replica_is_ready_only_once_its_adapters_are_back(tmp_path):
+    """Between the process answering and its adapters' reload, the replica is neither routed
+    to nor reported ready: "ready" means it holds again what it held before the crash."""
+    release_load = asyncio.Event()
+
+    async def vllm(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/load_lora_adapter":
+            await release_load.wait()
+        return httpx.Response(200, text="Success")
+
+    process = StubProcess()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(vllm)) as http:
+        replica = ManagedReplica("vllm/base/0", "base", LoraSlots(http, 2), lambda _: process)
+        process.state = EngineState.READY
+        replica.process_state_changed(EngineState.READY)
+        assert not replica.serving() and replica.status().state is EngineState.STARTING
+        await replica.process_ready()  # a first start has nothing to reload
+        assert replica.serving() and replica.status().state is EngineState.READY
+
+        release_load.set()
+        await replica.loras.ensure_loaded(replica.upstream, "x", tmp_path / "x")
+        release_load.clear()
+        # It is killed, and restarted by its supervisor.
+        for state in (EngineState.RESTARTING, EngineState.READY):
+            process.state = state
+            process.restarts = 1
+            replica.process_state_changed(state)
+        reloading = asyncio.create_task(replica.process_ready())
+        await asyncio.sleep(0.01)
+        assert not replica.serving()
+        assert replica.status().state is EngineState.RESTARTING
+        await replica.check(http)  # a health round meanwhile does not route to it early
+        assert not replica.serving()
+        release_load.set()
+        await reloading
+        assert replica.serving() and replica.status().state is EngineState.READY
+        assert replica.status().adapters == ("x",)
