@@ -178,7 +178,10 @@ class ManagedReplica(VllmReplica):
     def process_state_changed(self, state: EngineState) -> None:
         """Called by the supervisor: a process that stopped lost its adapters."""
         if state in (EngineState.RESTARTING, EngineState.STOPPED):
-            self._warm = self.loras.forget_all() or self._warm
+            # Those it held, and those it was still to get back when it died again.
+            held = self.loras.forget_all()
+            names = {name for name, _ in held}
+            self._warm = held + [(n, p) for n, p in self._warm if n not in names]
         if state is not EngineState.READY:
             self._restoring = True
         self.on_change()
@@ -188,9 +191,10 @@ class ManagedReplica(VllmReplica):
         try:
             await self.loras.reload(self.upstream, self._warm)
         finally:
-            self._warm = []
-            self._restoring = False
-            self.taken_out_at = None
+            if self.process.ready():  # else it died again meanwhile: its next start reloads
+                self._warm = []
+                self._restoring = False
+                self.taken_out_at = None
             self.on_change()
 
     async def start(self) -> None:

@@ -273,3 +273,39 @@ async def test_a_restarted_replica_is_ready_only_once_its_adapters_are_back(tmp_
         await reloading
         assert replica.serving() and replica.status().state is EngineState.READY
         assert replica.status().adapters == ("x",)
+
+
+async def test_a_replica_that_dies_again_while_reloading_gets_all_its_adapters_back(tmp_path):
+    release_load = asyncio.Event()
+    release_load.set()
+
+    async def vllm(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/load_lora_adapter":
+            await release_load.wait()
+        return httpx.Response(200, text="Success")
+
+    process = StubProcess(state=EngineState.READY)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(vllm)) as http:
+        replica = ManagedReplica("vllm/base/0", "base", LoraSlots(http, 4), lambda _: process)
+        await replica.process_ready()
+        for name in ("x", "y"):
+            await replica.loras.ensure_loaded(replica.upstream, name, tmp_path / name)
+
+        def supervisor_sets(state: EngineState) -> None:
+            process.state = state
+            replica.process_state_changed(state)
+
+        supervisor_sets(EngineState.RESTARTING)
+        supervisor_sets(EngineState.READY)
+        release_load.clear()
+        reloading = asyncio.create_task(replica.process_ready())
+        await asyncio.sleep(0.01)  # x's reload is under way
+        supervisor_sets(EngineState.RESTARTING)  # and it dies again
+        release_load.set()
+        await reloading
+        assert not replica.serving() and replica.status().state is EngineState.RESTARTING
+
+        supervisor_sets(EngineState.READY)
+        assert not replica.serving()
+        await replica.process_ready()
+        assert replica.serving() and set(replica.status().adapters) == {"x", "y"}
