@@ -172,6 +172,15 @@ class ManagedReplica(VllmReplica):
         super().forget_adapter(name)
         self._warm = [(n, p) for n, p in self._warm if n != name]
 
+    async def retire_adapter(self, name: str) -> None:
+        if self._restoring and self.process.ready():
+            # Its process runs and is getting its adapters back: this one is not loaded
+            # again, and is unloaded if it already was (or once its load in flight ends).
+            self._warm = [(n, p) for n, p in self._warm if n != name]
+            await self.loras.retire(self.upstream, name)
+        else:
+            await super().retire_adapter(name)
+
     def may_come_back(self) -> bool:
         return self.process.state is not EngineState.STOPPED
 
@@ -189,12 +198,17 @@ class ManagedReplica(VllmReplica):
     async def process_ready(self) -> None:
         """The (re)started process answers: give it back its adapters, then route to it."""
         try:
-            await self.loras.reload(self.upstream, self._warm)
+            for name, path in list(self._warm):
+                if any(n == name for n, _ in self._warm):  # not deleted meanwhile
+                    await self.loras.reload(self.upstream, [(name, path)])
         finally:
-            if self.process.ready():  # else it died again meanwhile: its next start reloads
-                self._warm = []
-                self._restoring = False
-                self.taken_out_at = None
+            # Those that did not come back are kept for its next start: its process may
+            # have died meanwhile (the supervisor sees that once this returns), or been
+            # stopped. A dead one is taken out by the first request refused, which goes to
+            # another replica.
+            self._warm = [(n, p) for n, p in self._warm if not self.loras.holds(n)]
+            self._restoring = False
+            self.taken_out_at = None
             self.on_change()
 
     async def start(self) -> None:

@@ -275,37 +275,76 @@ async def test_a_restarted_replica_is_ready_only_once_its_adapters_are_back(tmp_
         assert replica.status().adapters == ("x",)
 
 
-async def test_a_replica_that_dies_again_while_reloading_gets_all_its_adapters_back(tmp_path):
-    release_load = asyncio.Event()
-    release_load.set()
+class FakeVllmProcess:
+    """A vLLM process's adapter routes: loads wait for ``gate``; a dead one refuses."""
 
-    async def vllm(request: httpx.Request) -> httpx.Response:
+    def __init__(self) -> None:
+        self.alive = True
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.loads: list[str] = []
+        self.unloads: list[str] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        name = json.loads(request.content)["lora_name"]
         if request.url.path == "/v1/load_lora_adapter":
-            await release_load.wait()
+            await self.gate.wait()
+        if not self.alive:
+            raise httpx.ConnectError("connection refused", request=request)
+        kind = self.loads if request.url.path == "/v1/load_lora_adapter" else self.unloads
+        kind.append(name)
         return httpx.Response(200, text="Success")
 
+
+async def restarted_with(tmp_path, vllm: FakeVllmProcess, http, names):  # type: ignore[no-untyped-def]
+    """A replica that held ``names`` and was killed; its supervisor has it READY again, and
+    the reload waits on ``vllm.gate``. Returns the replica, its process, the reload's task."""
     process = StubProcess(state=EngineState.READY)
+    replica = ManagedReplica("vllm/base/0", "base", LoraSlots(http, 4), lambda _: process)
+    await replica.process_ready()
+    for name in names:
+        await replica.loras.ensure_loaded(replica.upstream, name, tmp_path / name)
+    for state in (EngineState.RESTARTING, EngineState.READY):
+        process.state, process.restarts = state, 1
+        replica.process_state_changed(state)
+    vllm.loads.clear()
+    vllm.gate.clear()
+    reloading = asyncio.create_task(replica.process_ready())
+    await asyncio.sleep(0.01)  # the first adapter's load is under way
+    return replica, process, reloading
+
+
+async def test_a_replica_that_dies_while_reloading_gets_all_its_adapters_back_at_its_next_start(
+    tmp_path,
+):
+    vllm = FakeVllmProcess()
     async with httpx.AsyncClient(transport=httpx.MockTransport(vllm)) as http:
-        replica = ManagedReplica("vllm/base/0", "base", LoraSlots(http, 4), lambda _: process)
-        await replica.process_ready()
-        for name in ("x", "y"):
-            await replica.loras.ensure_loaded(replica.upstream, name, tmp_path / name)
-
-        def supervisor_sets(state: EngineState) -> None:
-            process.state = state
-            replica.process_state_changed(state)
-
-        supervisor_sets(EngineState.RESTARTING)
-        supervisor_sets(EngineState.READY)
-        release_load.clear()
-        reloading = asyncio.create_task(replica.process_ready())
-        await asyncio.sleep(0.01)  # x's reload is under way
-        supervisor_sets(EngineState.RESTARTING)  # and it dies again
-        release_load.set()
+        replica, process, reloading = await restarted_with(tmp_path, vllm, http, ["x", "y"])
+        vllm.alive = False  # it dies: x's load, then y's, are refused
+        vllm.gate.set()
         await reloading
-        assert not replica.serving() and replica.status().state is EngineState.RESTARTING
+        # Its supervisor sees the exit once the on-ready hook has returned.
+        process.state = EngineState.RESTARTING
+        replica.process_state_changed(EngineState.RESTARTING)
+        assert not replica.serving()
 
-        supervisor_sets(EngineState.READY)
+        vllm.alive = True
+        process.state = EngineState.READY
+        replica.process_state_changed(EngineState.READY)
         assert not replica.serving()
         await replica.process_ready()
+        assert vllm.loads == ["x", "y"]  # both, into the new process
         assert replica.serving() and set(replica.status().adapters) == {"x", "y"}
+
+
+async def test_an_adapter_deleted_while_its_replica_reloads_is_not_loaded_back(tmp_path):
+    vllm = FakeVllmProcess()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(vllm)) as http:
+        replica, _, reloading = await restarted_with(tmp_path, vllm, http, ["x", "y"])
+        retiring = [asyncio.create_task(replica.retire_adapter(name)) for name in ("x", "y")]
+        await asyncio.sleep(0.01)
+        vllm.gate.set()
+        await asyncio.gather(reloading, *retiring)
+        assert vllm.loads == ["x"]  # y's turn came after its delete
+        assert vllm.unloads == ["x"]  # x's load was in flight: unloaded once it ended
+        assert replica.serving() and replica.status().adapters == ()
