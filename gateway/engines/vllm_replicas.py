@@ -160,7 +160,8 @@ class ManagedReplica(VllmReplica):
     ) -> None:
         self.process = make_process(self)
         super().__init__(name, model_id, Upstream(self.process.spec.base_url), loras)
-        self._warm: list[tuple[str, Path]] = []
+        # The adapters to load again at its next start, oldest first.
+        self._warm: dict[str, Path] = {}
         # From a (re)start until its adapters are loaded again: not yet routed to, and not
         # reported ready, so that "ready" means it holds what it held before.
         self._restoring = True
@@ -170,13 +171,13 @@ class ManagedReplica(VllmReplica):
 
     def forget_adapter(self, name: str) -> None:
         super().forget_adapter(name)
-        self._warm = [(n, p) for n, p in self._warm if n != name]
+        self._warm.pop(name, None)
 
     async def retire_adapter(self, name: str) -> None:
         if self._restoring and self.process.ready():
             # Its process runs and is getting its adapters back: this one is not loaded
             # again, and is unloaded if it already was (or once its load in flight ends).
-            self._warm = [(n, p) for n, p in self._warm if n != name]
+            self._warm.pop(name, None)
             await self.loras.retire(self.upstream, name)
         else:
             await super().retire_adapter(name)
@@ -188,9 +189,7 @@ class ManagedReplica(VllmReplica):
         """Called by the supervisor: a process that stopped lost its adapters."""
         if state in (EngineState.RESTARTING, EngineState.STOPPED):
             # Those it held, and those it was still to get back when it died again.
-            held = self.loras.forget_all()
-            names = {name for name, _ in held}
-            self._warm = held + [(n, p) for n, p in self._warm if n not in names]
+            self._warm = dict(self.loras.forget_all()) | self._warm
         if state is not EngineState.READY:
             self._restoring = True
         self.on_change()
@@ -198,15 +197,15 @@ class ManagedReplica(VllmReplica):
     async def process_ready(self) -> None:
         """The (re)started process answers: give it back its adapters, then route to it."""
         try:
-            for name, path in list(self._warm):
-                if any(n == name for n, _ in self._warm):  # not deleted meanwhile
+            for name, path in list(self._warm.items()):
+                if name in self._warm:  # not deleted meanwhile
                     await self.loras.reload(self.upstream, [(name, path)])
         finally:
             # Those that did not come back are kept for its next start: its process may
             # have died meanwhile (the supervisor sees that once this returns), or been
             # stopped. A dead one is taken out by the first request refused, which goes to
             # another replica.
-            self._warm = [(n, p) for n, p in self._warm if not self.loras.holds(n)]
+            self._warm = {n: p for n, p in self._warm.items() if not self.loras.holds(n)}
             self._restoring = False
             self.taken_out_at = None
             self.on_change()

@@ -236,47 +236,9 @@ class StubProcess:
         return self.state is EngineState.READY
 
 
-async def test_a_restarted_replica_is_ready_only_once_its_adapters_are_back(tmp_path):
-    """Between the process answering and its adapters' reload, the replica is neither routed
-    to nor reported ready: "ready" means it holds again what it held before the crash."""
-    release_load = asyncio.Event()
-
-    async def vllm(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/load_lora_adapter":
-            await release_load.wait()
-        return httpx.Response(200, text="Success")
-
-    process = StubProcess()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(vllm)) as http:
-        replica = ManagedReplica("vllm/base/0", "base", LoraSlots(http, 2), lambda _: process)
-        process.state = EngineState.READY
-        replica.process_state_changed(EngineState.READY)
-        assert not replica.serving() and replica.status().state is EngineState.STARTING
-        await replica.process_ready()  # a first start has nothing to reload
-        assert replica.serving() and replica.status().state is EngineState.READY
-
-        release_load.set()
-        await replica.loras.ensure_loaded(replica.upstream, "x", tmp_path / "x")
-        release_load.clear()
-        # It is killed, and restarted by its supervisor.
-        for state in (EngineState.RESTARTING, EngineState.READY):
-            process.state = state
-            process.restarts = 1
-            replica.process_state_changed(state)
-        reloading = asyncio.create_task(replica.process_ready())
-        await asyncio.sleep(0.01)
-        assert not replica.serving()
-        assert replica.status().state is EngineState.RESTARTING
-        await replica.check(http)  # a health round meanwhile does not route to it early
-        assert not replica.serving()
-        release_load.set()
-        await reloading
-        assert replica.serving() and replica.status().state is EngineState.READY
-        assert replica.status().adapters == ("x",)
-
-
 class FakeVllmProcess:
-    """A vLLM process's adapter routes: loads wait for ``gate``; a dead one refuses."""
+    """A vLLM process's health and adapter routes: loads wait for ``gate``; a dead one
+    refuses."""
 
     def __init__(self) -> None:
         self.alive = True
@@ -286,32 +248,71 @@ class FakeVllmProcess:
         self.unloads: list[str] = []
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
-        name = json.loads(request.content)["lora_name"]
         if request.url.path == "/v1/load_lora_adapter":
             await self.gate.wait()
         if not self.alive:
             raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/health":
+            return httpx.Response(200)
+        name = json.loads(request.content)["lora_name"]
         kind = self.loads if request.url.path == "/v1/load_lora_adapter" else self.unloads
         kind.append(name)
         return httpx.Response(200, text="Success")
 
 
-async def restarted_with(tmp_path, vllm: FakeVllmProcess, http, names):  # type: ignore[no-untyped-def]
-    """A replica that held ``names`` and was killed; its supervisor has it READY again, and
-    the reload waits on ``vllm.gate``. Returns the replica, its process, the reload's task."""
-    process = StubProcess(state=EngineState.READY)
-    replica = ManagedReplica("vllm/base/0", "base", LoraSlots(http, 4), lambda _: process)
-    await replica.process_ready()
-    for name in names:
-        await replica.loras.ensure_loaded(replica.upstream, name, tmp_path / name)
+def replica_of(process: StubProcess, http: httpx.AsyncClient) -> ManagedReplica:
+    return ManagedReplica("vllm/base/0", "base", LoraSlots(http, 4), lambda _: process)
+
+
+async def restart(
+    replica: ManagedReplica, process: StubProcess, vllm: FakeVllmProcess
+) -> asyncio.Task[None]:
+    """It is killed, and its supervisor has it READY again; the reload waits on
+    ``vllm.gate``. Returns the reload's task, its first load under way."""
     for state in (EngineState.RESTARTING, EngineState.READY):
         process.state, process.restarts = state, 1
         replica.process_state_changed(state)
     vllm.loads.clear()
     vllm.gate.clear()
     reloading = asyncio.create_task(replica.process_ready())
-    await asyncio.sleep(0.01)  # the first adapter's load is under way
-    return replica, process, reloading
+    await asyncio.sleep(0.01)
+    return reloading
+
+
+async def restarted_with(tmp_path, vllm: FakeVllmProcess, http, names):  # type: ignore[no-untyped-def]
+    """A replica that held ``names``, restarted as ``restart`` leaves it. Returns the
+    replica, its process, the reload's task."""
+    process = StubProcess(state=EngineState.READY)
+    replica = replica_of(process, http)
+    await replica.process_ready()
+    for name in names:
+        await replica.loras.ensure_loaded(replica.upstream, name, tmp_path / name)
+    return replica, process, await restart(replica, process, vllm)
+
+
+async def test_a_restarted_replica_is_ready_only_once_its_adapters_are_back(tmp_path):
+    """Between the process answering and its adapters' reload, the replica is neither routed
+    to nor reported ready: "ready" means it holds again what it held before the crash."""
+    vllm = FakeVllmProcess()
+    process = StubProcess()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(vllm)) as http:
+        replica = replica_of(process, http)
+        process.state = EngineState.READY
+        replica.process_state_changed(EngineState.READY)
+        assert not replica.serving() and replica.status().state is EngineState.STARTING
+        await replica.process_ready()  # a first start has nothing to reload
+        assert replica.serving() and replica.status().state is EngineState.READY
+
+        await replica.loras.ensure_loaded(replica.upstream, "x", tmp_path / "x")
+        reloading = await restart(replica, process, vllm)
+        assert not replica.serving()
+        assert replica.status().state is EngineState.RESTARTING
+        await replica.check(http)  # a health round meanwhile does not route to it early
+        assert not replica.serving()
+        vllm.gate.set()
+        await reloading
+        assert replica.serving() and replica.status().state is EngineState.READY
+        assert replica.status().adapters == ("x",)
 
 
 async def test_a_replica_that_dies_while_reloading_gets_all_its_adapters_back_at_its_next_start(
